@@ -1,0 +1,5 @@
+import sys
+
+from detfuse.cli import main
+
+sys.exit(main())
