@@ -1,0 +1,171 @@
+"""The experiment config (configs/*.yaml): what `detfuse tune` searches, where it stores results, how it schedules.
+
+Validated once, here, with every search space loaded through its adapter, so a typo fails in seconds with the
+file and key named instead of after hours of training.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from detfuse.errors import UserError
+from detfuse.overrides import apply_overrides, load_yaml
+from detfuse.trial_config import validate_resources, validate_wandb
+
+KEYS = {
+    "name": "experiment name: a directory under `storage`",
+    "dataset": "dataset directory, dataset YAML, s3:// URI or 'builtin'",
+    "storage": "experiment storage: local directory or s3://bucket/prefix (shared storage on multi-node clusters)",
+    "spaces": "list of {space, num_samples, resources: {cpu, gpu}}",
+    "scheduler": "ASHA settings: reduction_factor, and optional max_epochs/grace_epochs overriding every space",
+    "searcher": "'random' (default) or a Tune searcher name such as optuna or hyperopt",
+    "max_concurrent_trials": "upper bound on trials running at once (default: as many as resources allow)",
+    "checkpoints_per_trial": "checkpoints kept per trial (the best by mAP50 are kept)",
+    "max_failures": "retries of a failed trial (node lost, worker crash), each from its last checkpoint",
+    "eval_every": "epochs between evaluations/checkpoints in every trial (default: each space's own)",
+    "wandb": "false, true (offline) or {project, entity, group, mode, dir}",
+    "seed": "base random seed",
+}
+SPACE_KEYS = ("space", "num_samples", "resources")
+SCHEDULER_KEYS = ("reduction_factor", "max_epochs", "grace_epochs")
+
+
+@dataclass
+class Experiment:
+    path: Path
+    name: str
+    dataset: str
+    storage: str  # absolute local path or s3:// URI
+    entries: list  # detfuse.search.SpaceEntry
+    reduction_factor: float
+    searcher: str
+    max_concurrent_trials: int | None
+    checkpoints_per_trial: int
+    max_failures: int
+    wandb: dict | None
+    seed: int
+
+    @property
+    def uri(self):
+        """Where this experiment's Tune state, checkpoints, leaderboard and later stages live."""
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    def budgets(self):
+        """family -> (grace_epochs, max_epochs) for its ASHA: the loosest budget over the family's spaces."""
+        budgets = {}
+        for entry in self.entries:
+            grace, top = budgets.get(entry.space.family, (float("inf"), 0.0))
+            budgets[entry.space.family] = (min(grace, entry.space.grace_epochs), max(top, entry.space.max_epochs))
+        return budgets
+
+
+def _positive_int(data, key, where, default, allow_none=False):
+    value = data.get(key, default)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "max_failures" else 1):
+        raise UserError(f"{where}: '{key}' must be a {'non-negative' if key == 'max_failures' else 'positive'} "
+                        f"integer, got {value!r}")
+    return value
+
+
+def load_experiment(path, overrides=()):
+    """Read, override, validate and return the Experiment in `path`."""
+    from search_spaces import load_search_space
+    from detfuse.search import SpaceEntry
+
+    where = str(path)
+    data = apply_overrides(load_yaml(path, "experiment config"), overrides)
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        valid = "\n  ".join(f"{k}: {v}" for k, v in KEYS.items())
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}. Valid keys:\n  {valid}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise UserError(f"{where}: 'name' is required: a non-empty experiment name without '/'")
+    dataset = data.get("dataset", "builtin")
+    if not isinstance(dataset, str):
+        raise UserError(f"{where}: 'dataset' must be a path, s3:// URI or 'builtin'")
+    if dataset != "builtin" and not dataset.startswith("s3://"):
+        dataset = str(Path(dataset).expanduser().resolve())  # trials run in other working directories
+    storage = data.get("storage", "runs")
+    if not isinstance(storage, str) or not storage:
+        raise UserError(f"{where}: 'storage' must be a local directory or an s3://bucket/prefix URI")
+    if not storage.startswith("s3://"):
+        if "://" in storage:
+            raise UserError(f"{where}: storage '{storage}': only local paths and s3:// URIs are supported")
+        storage = str(Path(storage).expanduser().resolve())
+
+    wandb = validate_wandb(data.get("wandb"), where)
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UserError(f"{where}: 'seed' must be an integer, got {seed!r}")
+    eval_every = data.get("eval_every")
+    if eval_every is not None and (isinstance(eval_every, bool) or not isinstance(eval_every, (int, float))
+                                   or eval_every <= 0):
+        raise UserError(f"{where}: 'eval_every' must be a positive number of epochs, got {eval_every!r}")
+
+    scheduler = data.get("scheduler") or {}
+    if not isinstance(scheduler, dict) or set(scheduler) - set(SCHEDULER_KEYS):
+        raise UserError(f"{where}: 'scheduler' must be a mapping with keys {', '.join(SCHEDULER_KEYS)}")
+    reduction_factor = scheduler.get("reduction_factor", 3)
+    if isinstance(reduction_factor, bool) or not isinstance(reduction_factor, (int, float)) or reduction_factor <= 1:
+        raise UserError(f"{where}: scheduler.reduction_factor must be a number > 1, got {reduction_factor!r}")
+    budget_override = {}
+    for key in ("max_epochs", "grace_epochs"):
+        value = scheduler.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise UserError(f"{where}: scheduler.{key} must be a positive number, got {value!r}")
+            budget_override[key] = float(value)
+    if budget_override.get("grace_epochs", 0) > budget_override.get("max_epochs", float("inf")):
+        raise UserError(f"{where}: scheduler.grace_epochs exceeds scheduler.max_epochs")
+
+    spaces = data.get("spaces")
+    if not isinstance(spaces, list) or not spaces:
+        raise UserError(f"{where}: 'spaces' must be a non-empty list of {{space, num_samples, resources}}")
+    entries = []
+    for index, item in enumerate(spaces):
+        here = f"{where}: spaces[{index}]"
+        if not isinstance(item, dict) or "space" not in item or set(item) - set(SPACE_KEYS):
+            raise UserError(f"{here} must be a mapping with 'space' and optional num_samples, resources "
+                            f"(got {item!r})")
+        space = load_search_space(item["space"], here)
+        for key, value in budget_override.items():
+            setattr(space, key, value)
+        if space.grace_epochs > space.max_epochs:
+            space.grace_epochs = space.max_epochs
+        num_samples = _positive_int(item, "num_samples", here, 1)
+        resources = validate_resources(item.get("resources", {}), here)
+        if resources["gpu"] > 1 and space.family != "detectron2":
+            raise UserError(f"{here}: resources.gpu = {resources['gpu']}: only detectron2 trials run DDP over "
+                            f"several GPUs; {space.family} trials take one GPU or a fraction of one")
+        settings = {"dataset": dataset, "resources": resources, "wandb": wandb}
+        if eval_every is not None:
+            settings["eval_every"] = float(eval_every)
+        entries.append(SpaceEntry(space, num_samples, settings))
+
+    return Experiment(
+        path=Path(path), name=name, dataset=dataset, storage=storage, entries=entries,
+        reduction_factor=float(reduction_factor),
+        searcher=_searcher(data.get("searcher", "random"), where),
+        max_concurrent_trials=_positive_int(data, "max_concurrent_trials", where, None, allow_none=True),
+        checkpoints_per_trial=_positive_int(data, "checkpoints_per_trial", where, 2),
+        max_failures=_positive_int(data, "max_failures", where, 3),
+        wandb=wandb, seed=seed,
+    )
+
+
+def _searcher(name, where):
+    if name == "random":
+        return name
+    from ray.tune.search import SEARCH_ALG_IMPORT
+
+    if name not in SEARCH_ALG_IMPORT or name in ("variant_generator", "random"):
+        valid = sorted(n for n in SEARCH_ALG_IMPORT if n != "variant_generator")
+        raise UserError(f"{where}: unknown searcher '{name}'; use 'random' or one of: {', '.join(valid)}")
+    try:
+        SEARCH_ALG_IMPORT[name]()
+    except ImportError as error:
+        raise UserError(f"{where}: searcher '{name}' needs a package that is not installed ({error}); "
+                        f"install it on every node or use searcher: random") from None
+    return name

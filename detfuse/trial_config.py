@@ -1,0 +1,104 @@
+"""The configuration of one trial: what a trainable's `train(config)` receives, from Tune or `detfuse train`.
+
+Validated once here, at the boundary, so trainables can trust its shape. `hparams` use the project's
+hyperparameter names and are checked by the architecture's adapter.
+"""
+
+from pathlib import Path
+
+from detfuse.errors import UserError
+
+DEFAULTS = {
+    "family": None,  # derived from the architecture when absent
+    "architecture": None,
+    "dataset": "builtin",
+    "max_epochs": 10.0,
+    "eval_every": 1.0,
+    "hparams": {},
+    "weights": None,
+    "seed": 0,
+    "wandb": None,
+    "verbose": False,
+    "resources": {"cpu": 1, "gpu": 0},  # per trial; gpu > 1 (whole GPUs) means a DDP trial
+}
+
+
+def _number(config, key, where, low=0.0):
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= low:
+        raise UserError(f"{where}: '{key}' must be a number > {low:g}, got {value!r}")
+    return float(value)
+
+
+def validate_trial_config(config, where, check_hparams=True):
+    """Return `config` with defaults filled in and family resolved; raise UserError naming `where` and the key."""
+    import trainables
+
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(DEFAULTS)}")
+    config = {**DEFAULTS, **config}
+    if not isinstance(config["architecture"], str):
+        raise UserError(f"{where}: 'architecture' is required (e.g. faster_rcnn, retinanet, cascade_rcnn, yolov5n)")
+    family = trainables.family_of(config["architecture"], where)
+    if config["family"] not in (None, family):
+        raise UserError(f"{where}: architecture '{config['architecture']}' belongs to family '{family}', "
+                        f"not '{config['family']}'")
+    config["family"] = family
+    config["max_epochs"] = _number(config, "max_epochs", where)
+    config["eval_every"] = _number(config, "eval_every", where)
+    if not isinstance(config["seed"], int) or isinstance(config["seed"], bool):
+        raise UserError(f"{where}: 'seed' must be an integer, got {config['seed']!r}")
+    if not isinstance(config["dataset"], str):
+        raise UserError(f"{where}: 'dataset' must be a path, s3:// URI or 'builtin', got {config['dataset']!r}")
+    weights = config["weights"]
+    if weights is not None:
+        if not isinstance(weights, str):
+            raise UserError(f"{where}: 'weights' must be a local path or s3:// URI, got {weights!r}")
+        if not weights.startswith("s3://") and not Path(weights).expanduser().exists():
+            raise UserError(f"{where}: 'weights' file {weights} does not exist")
+    if not isinstance(config["hparams"], dict):
+        raise UserError(f"{where}: 'hparams' must be a mapping of hyperparameter names to values")
+    if check_hparams:
+        adapter = trainables.load_family(family).ARCHITECTURES[config["architecture"]]
+        config["hparams"] = adapter.resolve(config["hparams"], f"{where}: hparams")
+    config["wandb"] = validate_wandb(config["wandb"], where)
+    config["resources"] = validate_resources(config["resources"], where)
+    return config
+
+
+def validate_resources(value, where):
+    """Per-trial resources {cpu, gpu}: a fraction of one GPU shares a card; several whole GPUs mean DDP."""
+    if not isinstance(value, dict) or set(value) - {"cpu", "gpu"}:
+        raise UserError(f"{where}: 'resources' must be a mapping with keys cpu and gpu, got {value!r}")
+    resources = {"cpu": 1, "gpu": 0, **value}
+    for key in ("cpu", "gpu"):
+        amount = resources[key]
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise UserError(f"{where}: resources.{key} must be a number >= 0, got {amount!r}")
+    if resources["cpu"] <= 0:
+        raise UserError(f"{where}: resources.cpu must be > 0 (the trial's own process needs a CPU)")
+    if resources["gpu"] > 1 and not float(resources["gpu"]).is_integer():
+        raise UserError(f"{where}: resources.gpu = {resources['gpu']}: above 1 it must be a whole number of GPUs "
+                        f"(one DDP worker per GPU); below 1 it is a fraction of one shared GPU")
+    return resources
+
+
+WANDB_KEYS = {"project": "detfuse", "entity": None, "group": None, "mode": "offline", "dir": None}
+
+
+def validate_wandb(value, where):
+    """W&B settings: None/false = off, true = offline into project 'detfuse', or a mapping of WANDB_KEYS."""
+    if value in (None, False):
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: 'wandb' must be true/false or a mapping with keys {', '.join(WANDB_KEYS)}")
+    unknown = sorted(set(value) - set(WANDB_KEYS))
+    if unknown:
+        raise UserError(f"{where}: unknown wandb key(s) {', '.join(unknown)}; valid: {', '.join(WANDB_KEYS)}")
+    settings = {**WANDB_KEYS, **value}
+    if settings["mode"] not in ("offline", "online", "disabled"):
+        raise UserError(f"{where}: wandb.mode must be offline, online or disabled, got {settings['mode']!r}")
+    return settings

@@ -1,0 +1,36 @@
+"""Detector families, each a package fulfilling the same trial contract (see DESIGN.md).
+
+A family package exposes `ARCHITECTURES` (name -> adapter with a `hyperparameters` HyperparameterSet),
+`train(config)` (a Ray Tune function trainable) and `load_predictor(checkpoint_dir, device)`.
+Families are imported lazily: importing one pulls in its framework (detectron2 or ultralytics).
+"""
+
+import importlib
+
+from detfuse.errors import UserError
+
+FAMILIES = {
+    "detectron2": "trainables.detectron2",
+    "yolov5": "trainables.yolov5",
+}
+
+
+def load_family(name, where="config"):
+    """Import and return the family package called `name`."""
+    if name not in FAMILIES:
+        raise UserError(f"{where}: unknown family '{name}'; valid families: {', '.join(sorted(FAMILIES))}")
+    return importlib.import_module(FAMILIES[name])
+
+
+def family_of(architecture, where="config"):
+    """The family that provides `architecture` (architecture names are unique across families)."""
+    for name in FAMILIES:
+        if architecture in load_family(name).ARCHITECTURES:
+            return name
+    valid = sorted(a for name in FAMILIES for a in load_family(name).ARCHITECTURES)
+    raise UserError(f"{where}: unknown architecture '{architecture}'; valid architectures: {', '.join(valid)}")
+
+
+def run_trial(config):
+    """The one Tune trainable for every family: dispatch to the family named in the trial config."""
+    return load_family(config["family"]).train(config)
