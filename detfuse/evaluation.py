@@ -40,7 +40,7 @@ class Evaluation:
         return metrics
 
 
-def evaluate(coco_gt: dict, predictions: Iterable, image_ids: Iterable[int] | None = None,
+def evaluate(coco_gt: dict, predictions: Iterable[Prediction], image_ids: Iterable[int] | None = None,
              max_detections: int = 100) -> Evaluation:
     """Score `predictions` (Prediction or equal 4-tuples) against the COCO ground truth dict `coco_gt`.
 
