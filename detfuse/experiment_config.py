@@ -129,7 +129,11 @@ def load_experiment(path, overrides=()):
         if not isinstance(item, dict) or "space" not in item or set(item) - set(SPACE_KEYS):
             raise UserError(f"{here} must be a mapping with 'space' and optional num_samples, resources "
                             f"(got {item!r})")
-        space = load_search_space(item["space"], here)
+        try:
+            space = load_search_space(item["space"], here)
+        except UserError as error:
+            message = str(error)
+            raise UserError(message if message.startswith(here) else f"{here}: {message}") from None
         for key, value in budget_override.items():
             setattr(space, key, value)
         if space.grace_epochs > space.max_epochs:
