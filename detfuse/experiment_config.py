@@ -129,8 +129,11 @@ def load_experiment(path, overrides=()):
         if not isinstance(item, dict) or "space" not in item or set(item) - set(SPACE_KEYS):
             raise UserError(f"{here} must be a mapping with 'space' and optional num_samples, resources "
                             f"(got {item!r})")
+        space_ref = item["space"]
+        if isinstance(space_ref, str) and space_ref.endswith((".yaml", ".yml")):
+            space_ref = str(Path(path).parent / space_ref)  # relative paths are relative to this config file
         try:
-            space = load_search_space(item["space"], here)
+            space = load_search_space(space_ref, here)
         except UserError as error:
             message = str(error)
             raise UserError(message if message.startswith(here) else f"{here}: {message}") from None

@@ -2,8 +2,13 @@
 
 import logging
 import os
+from pathlib import Path
 
 import ray
+import yaml
+
+# Where the Ray cluster launcher leaves the cluster's config on the head node
+AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
 
 
 def connect(verbose=False):
@@ -21,7 +26,15 @@ def connect(verbose=False):
         ray.init(**settings)  # no cluster running: start a local one on this machine
 
 
-def node_capacities():
-    """(CPUs, GPUs) of every alive node, for checking that each trial fits on some node."""
-    return [(node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0))
-            for node in ray.nodes() if node["Alive"]]
+def node_capacities(autoscaler_config=AUTOSCALER_CONFIG):
+    """(CPUs, GPUs) of every node a trial could land on: the alive nodes, plus every node type the autoscaler
+    may still launch (on a fresh cluster-launcher cluster only the CPU head is up yet)."""
+    capacities = [(node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0))
+                  for node in ray.nodes() if node["Alive"]]
+    if autoscaler_config.is_file():
+        config = yaml.safe_load(autoscaler_config.read_text()) or {}
+        for node_type in (config.get("available_node_types") or {}).values():
+            if node_type.get("max_workers", 0) > 0:
+                resources = node_type.get("resources") or {}
+                capacities.append((float(resources.get("CPU", 0)), float(resources.get("GPU", 0))))
+    return capacities
