@@ -43,6 +43,8 @@ def generate(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 60, nu
     categories = [{"id": k + 1, "name": name, "supercategory": "litter"} for k, name in enumerate(CLASS_NAMES)]
     next_image_id = 1
     for split_index, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val, num_test))):
+        if split == "test" and count == 0:
+            continue  # the test split is optional in the dataset contract; an empty one is an error there
         images, annotations = [], []
         for index in range(count):
             rng = np.random.default_rng([seed, split_index, index])

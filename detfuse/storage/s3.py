@@ -1,19 +1,26 @@
 """S3 access through boto3: URI parsing, a per-node cached download of an object or a prefix, and uploads.
 
-The endpoint and credentials come only from boto3's own configuration chain (AWS_ENDPOINT_URL, AWS_PROFILE,
-~/.aws/config and credentials, instance roles...), so the same code talks to AWS or to any S3-compatible server.
+Credentials come only from boto3's own configuration chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, ~/.aws/credentials,
+instance roles...), so no detfuse file or log ever holds one. The endpoint and region come from the same chain
+(AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, ~/.aws/config) unless S3Settings name them, so the same code talks to AWS
+or to any S3-compatible server.
 """
 
 import concurrent.futures
 import contextlib
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from detfuse.data.cache import build_once, cache_root
 from detfuse.errors import UserError
 
 _DOWNLOAD_THREADS = 8
+RETRY_MODES = ("standard", "adaptive")  # botocore's modes that back off exponentially on throttling and
+# connection errors; "adaptive" also slows the client down while the server keeps throttling
+SSE_MODES = ("AES256", "aws:kms")
+MIN_PART_MB = 5  # S3 refuses multipart parts below 5 MiB (except the last)
 _CREDENTIALS_HELP = (
     "boto3 looks for credentials in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials "
     "and instance roles"
@@ -31,21 +38,73 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     bucket, _, key = uri[len("s3://"):].partition("/")
     if not bucket:
         raise UserError(f"{uri!r} names no bucket: write it as s3://BUCKET/KEY")
+    if "@" in bucket or ":" in bucket:
+        # s3://KEY:SECRET@bucket works in some tools; here it would end up in logs and manifests
+        raise UserError("an S3 URI must not carry credentials (s3://...@bucket): write s3://BUCKET/KEY and let "
+                        f"boto3 find them; {_CREDENTIALS_HELP}")
     return bucket, key
 
 
-def s3_client():
+@dataclass(frozen=True)
+class S3Settings:
+    """What a command may set on top of boto3's own configuration. An endpoint or region of None leaves boto3's
+    choice (environment, ~/.aws/config); retries are always set, so every request backs off on throttling and
+    connection errors. Credentials are deliberately not among them."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    sse: str | None = None  # server-side encryption of uploads: AES256 (SSE-S3) or aws:kms (SSE-KMS)
+    sse_kms_key_id: str | None = None  # the KMS key for aws:kms; None: the bucket's or account's default key
+    retry_mode: str = "standard"
+    max_attempts: int = 5  # per request, the first try included
+    part_size_mb: int = 8  # files above this size are uploaded in parts of this size, several at once
+
+    def __post_init__(self):
+        if self.endpoint_url is not None and not self.endpoint_url.startswith(("http://", "https://")):
+            raise UserError(f"--endpoint-url {self.endpoint_url}: write it as http(s)://HOST[:PORT]")
+        if self.sse not in (None, *SSE_MODES):
+            raise UserError(f"--sse {self.sse}: valid values are {', '.join(SSE_MODES)}")
+        if self.sse_kms_key_id is not None and self.sse != "aws:kms":
+            raise UserError("--sse-kms-key-id applies only with --sse aws:kms")
+        if self.retry_mode not in RETRY_MODES:
+            raise UserError(f"--retry-mode {self.retry_mode}: valid modes are {', '.join(RETRY_MODES)}")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise UserError(f"--max-attempts {self.max_attempts}: give a whole number >= 1")
+        if isinstance(self.part_size_mb, bool) or not isinstance(self.part_size_mb, int) \
+                or self.part_size_mb < MIN_PART_MB:
+            raise UserError(f"--part-size-mb {self.part_size_mb}: S3 needs parts of at least {MIN_PART_MB} MiB")
+
+    def upload_arguments(self) -> dict:
+        """boto3 ExtraArgs for the configured server-side encryption."""
+        arguments = {} if self.sse is None else {"ServerSideEncryption": self.sse}
+        if self.sse_kms_key_id is not None:
+            arguments["SSEKMSKeyId"] = self.sse_kms_key_id
+        return arguments
+
+    def transfer_config(self):
+        from boto3.s3.transfer import TransferConfig
+
+        part = self.part_size_mb * 1024 * 1024
+        return TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=_DOWNLOAD_THREADS)
+
+
+def s3_client(settings: S3Settings | None = None):
     try:
         import boto3
         import botocore.config
     except ImportError:
         raise UserError("S3 URIs need boto3: pip install 'detfuse[s3]'") from None
-    return boto3.client("s3", config=botocore.config.Config(connect_timeout=10))
+    settings = settings or S3Settings()
+    # up to _DOWNLOAD_THREADS files at once, each in up to _DOWNLOAD_THREADS parts at once
+    config = botocore.config.Config(connect_timeout=10, max_pool_connections=_DOWNLOAD_THREADS ** 2,
+                                    retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts})
+    return boto3.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
 
 
 @contextlib.contextmanager
-def _explained_errors(uri: str, client):
+def explained_errors(uri: str, client):
     """Turn boto3's errors into UserErrors that name the URI, the endpoint and what to check."""
+    import boto3.exceptions
     import botocore.exceptions
 
     endpoint = client.meta.endpoint_url
@@ -65,9 +124,11 @@ def _explained_errors(uri: str, client):
         raise UserError(f"{uri}: no AWS credentials found; {_CREDENTIALS_HELP}") from None
     except botocore.exceptions.BotoCoreError as error:
         raise UserError(
-            f"{uri}: cannot reach S3 at {endpoint}: {error}. Set the endpoint with AWS_ENDPOINT_URL or "
-            "endpoint_url in ~/.aws/config"
+            f"{uri}: cannot reach S3 at {endpoint}: {error}. Check that the server is up and the endpoint is right "
+            "(AWS_ENDPOINT_URL, endpoint_url in ~/.aws/config, or --endpoint-url where a command has it)"
         ) from None
+    except boto3.exceptions.S3UploadFailedError as error:  # a transfer's parts failed after botocore's retries
+        raise UserError(f"{uri}: upload to {endpoint} failed: {error}") from None
 
 
 def _list_objects(client, bucket: str, prefix: str) -> list[dict]:
@@ -82,15 +143,16 @@ def _relative_path(key: str, prefix: str) -> PurePosixPath:
     return relative
 
 
-def fetch(uri: str) -> Path:
+def fetch(uri: str, settings: S3Settings | None = None) -> Path:
     """Local copy of an S3 object (returns the file) or of every object under a prefix (returns the directory).
 
     Downloaded once per node into the detfuse cache, keyed by the objects' keys, sizes and ETags, so several
     trials starting at once share one download and changed data on S3 is fetched again.
     """
     bucket, key = parse_s3_uri(uri)
-    client = s3_client()
-    with _explained_errors(uri, client):
+    client = s3_client(settings)
+    transfer_config = (settings or S3Settings()).transfer_config()
+    with explained_errors(uri, client):
         listed = _list_objects(client, bucket, key)
         single = [entry for entry in listed if entry["Key"] == key and key and not key.endswith("/")]
         if single:
@@ -112,7 +174,7 @@ def fetch(uri: str) -> Path:
                 object_key, relative = key_and_path
                 destination = target_dir / relative
                 destination.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, object_key, str(destination))
+                client.download_file(bucket, object_key, str(destination), Config=transfer_config)
 
             with concurrent.futures.ThreadPoolExecutor(_DOWNLOAD_THREADS) as pool:
                 list(pool.map(download_one, files))
@@ -126,7 +188,7 @@ def upload_file(path, uri: str) -> None:
     if not key or key.endswith("/"):
         raise UserError(f"{uri}: name the object key to upload {path} to, e.g. {uri.rstrip('/')}/{Path(path).name}")
     client = s3_client()
-    with _explained_errors(uri, client):
+    with explained_errors(uri, client):
         client.upload_file(str(path), bucket, key)
 
 
@@ -137,7 +199,7 @@ def upload_directory(local_dir, uri: str) -> None:
     local_dir = Path(local_dir)
     files = [path for path in sorted(local_dir.rglob("*")) if path.is_file()]
     client = s3_client()
-    with _explained_errors(uri, client):
+    with explained_errors(uri, client):
         with concurrent.futures.ThreadPoolExecutor(_DOWNLOAD_THREADS) as pool:
             list(pool.map(
                 lambda path: client.upload_file(str(path), bucket, prefix + path.relative_to(local_dir).as_posix()),

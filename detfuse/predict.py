@@ -1,0 +1,187 @@
+"""`detfuse predict BUNDLE IMAGES... --out DIR`: run an exported bundle's fused ensemble on image files.
+
+Nothing in the bundle is read before every file matched its manifest (detfuse.bundle.open_bundle), and the families
+load weights with torch.load(weights_only=True), so a bundle from shared storage cannot run code on this machine.
+Each member runs on every image through its family's predictor, and the detections are fused image by image with
+the bundle's fitted parameters, exactly as the ensemble job fused them. Writes to DIR:
+
+    predictions.json   COCO: images (id, file_name, width, height), categories, and one annotation per fused
+                       detection (bbox [x, y, w, h] in pixels, score, category_id = COCO id)
+    predictions.csv    the submission format of detfuse.ensemble_outputs (image_id = the image's file name)
+    images/<name>      each image with the detections scoring at least the draw threshold drawn on it
+"""
+
+import contextlib
+import json
+import pickle
+import warnings
+from pathlib import Path
+
+from detfuse import bundle
+from detfuse.ensemble_outputs import coco_results, read_fusion_spec, submission_csv
+from detfuse.errors import UserError
+from detfuse.fusion import fuse_image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DEFAULT_DRAW_THRESHOLD = 0.3
+# distinct, readable on photos; class k gets colour k modulo the list
+PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 200, 200),
+           (240, 50, 230), (150, 190, 40), (128, 0, 0), (0, 0, 128))
+
+
+def collect_images(arguments):
+    """Image files named on the command line; a directory stands for the images directly inside it."""
+    paths = []
+    for argument in arguments:
+        path = Path(argument).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{argument}: a directory with no image files ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UserError(f"{argument}: no such image file or directory")
+    by_name = {}
+    for path in paths:
+        if path.name in by_name:
+            raise UserError(f"{by_name[path.name]} and {path} share the file name {path.name!r}; outputs are named "
+                            f"after it: predict them in separate runs (another --out)")
+        by_name[path.name] = path
+    return paths
+
+
+def _read_image(path):
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, UnidentifiedImageError, ImportError) as error:
+        # ImportError: once Ultralytics is imported, its patched Image.open answers a file Pillow cannot identify
+        # by importing a HEIF plugin, which is not installed
+        raise UserError(f"{path}: cannot read this image file ({type(error).__name__}: {error})") from None
+
+
+def load_members(verified, spec, device):
+    """One predictor per fusion member, in fusion order, from the bundle's verified checkpoint directories."""
+    import trainables
+
+    covered = {entry.path for entry in verified.entries}
+    predictors = []
+    for member in spec.members:
+        where = f"{verified.uri}/{bundle.FUSION}: member {member['trial_id']}"
+        relative = str(member["checkpoint"]).strip("/")
+        if f"{relative}/detfuse.json" not in covered or ".." in relative.split("/"):
+            raise UserError(f"{where}: checkpoint {relative!r} is not a folder of this bundle's manifest")
+        checkpoint_dir = verified.directory / relative
+        meta = json.loads((checkpoint_dir / "detfuse.json").read_text())
+        if list(meta.get("category_ids", [])) != list(spec.category_ids):
+            raise UserError(f"{where}: checkpoint trained on category ids {meta.get('category_ids')}, but the "
+                            f"ensemble fuses {spec.category_ids}; the bundle is inconsistent, re-export it")
+        family = trainables.load_family(member["family"], where)
+        try:
+            predictors.append(family.load_predictor(checkpoint_dir, device))
+        except pickle.UnpicklingError as error:  # torch.load(weights_only=True) met more than tensors
+            reason = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line),
+                          str(error).splitlines()[0])
+            raise UserError(f"{where}: refusing to load {relative}: it holds pickled objects beyond weights, which "
+                            f"could run code ({reason.split('. Please use')[0]})") from None
+    return predictors
+
+
+@contextlib.contextmanager
+def _framework_warnings(verbose):
+    """The frameworks' deprecation chatter is hidden unless -v: the summary lines are what the user reads."""
+    with warnings.catch_warnings():
+        if not verbose:
+            warnings.simplefilter("ignore")
+        yield
+
+
+def predict_images(verified, image_paths, device):
+    """(fusion spec, COCO images, fused Predictions with those images' ids) for `image_paths`."""
+    spec = read_fusion_spec(str(verified.directory / bundle.FUSION))
+    images = []
+    for index, path in enumerate(image_paths, start=1):  # every image is readable before any model loads
+        width, height = _read_image(path).size
+        images.append({"id": index, "file_name": path.name, "width": width, "height": height})
+    outputs = []
+    for predictor, member in zip(load_members(verified, spec, device), spec.members):
+        detections = predictor.predict(list(image_paths))
+        if len(detections) != len(image_paths):
+            raise RuntimeError(f"member {member['trial_id']}: {len(detections)} results for {len(image_paths)} "
+                               f"images")
+        outputs.append(detections)
+    params = spec.weighted_params
+    predictions = []
+    for index, (image, path) in enumerate(zip(images, image_paths)):
+        fused = fuse_image([member_outputs[index] for member_outputs in outputs], image["width"], image["height"],
+                           spec.category_ids, params, where=str(path))
+        predictions.extend(p._replace(image_id=image["id"]) for p in fused)
+    return spec, images, predictions
+
+
+def coco_document(images, predictions, spec, bundle_id):
+    annotations = [{"id": number, **row, "area": row["bbox"][2] * row["bbox"][3], "iscrowd": 0}
+                   for number, row in enumerate(coco_results(predictions), start=1)]
+    categories = [{"id": int(c), "name": name} for c, name in zip(spec.category_ids, spec.class_names)]
+    return {"info": {"description": f"detections of detfuse bundle {bundle_id}"}, "images": images,
+            "categories": categories, "annotations": annotations}
+
+
+def draw_detections(picture, predictions, spec, threshold):
+    """A copy of `picture` with a box and "class score" label for each prediction scoring at least `threshold`."""
+    from PIL import ImageDraw, ImageFont
+
+    canvas = picture.copy()
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()  # bundled with Pillow: nothing is downloaded
+    line = max(1, round(max(canvas.size) / 300))
+    class_index = {int(c): k for k, c in enumerate(spec.category_ids)}
+    for p in sorted(predictions, key=lambda p: p.score):  # the most confident drawn last, on top
+        if p.score < threshold:
+            continue
+        k = class_index[int(p.category_id)]
+        color = PALETTE[k % len(PALETTE)]
+        x1, y1, x2, y2 = p.box
+        draw.rectangle((x1, y1, x2, y2), outline=color, width=line)
+        label = f"{spec.class_names[k]} {p.score:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        height = bottom - top + 2
+        label_y = y1 - height if y1 >= height else y1  # above the box unless that leaves the image
+        draw.rectangle((x1, label_y, x1 + right - left + 2, label_y + height), fill=color)
+        draw.text((x1 + 1 - left, label_y + 1 - top), label, fill=(255, 255, 255), font=font)
+    return canvas
+
+
+def run_predict(bundle_uri, images, out_dir, device=None, draw_threshold=DEFAULT_DRAW_THRESHOLD, settings=None,
+                verbose=False):
+    if not 0.0 <= draw_threshold <= 1.0:
+        raise UserError(f"--draw-threshold {draw_threshold}: give a score between 0 and 1")
+    image_paths = collect_images(images)
+    verified = bundle.open_bundle(bundle_uri, settings)
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    with _framework_warnings(verbose):
+        spec, coco_images, predictions = predict_images(verified, image_paths, device)
+
+    out = Path(out_dir).expanduser()
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "predictions.json").write_text(json.dumps(coco_document(coco_images, predictions, spec,
+                                                                   verified.bundle_id), indent=2))
+    (out / "predictions.csv").write_text(submission_csv(predictions, coco_images, spec.category_ids))
+    by_image = {image["id"]: [] for image in coco_images}
+    for p in predictions:
+        by_image[p.image_id].append(p)
+    for image, path in zip(coco_images, image_paths):
+        drawn = draw_detections(_read_image(path), by_image[image["id"]], spec, draw_threshold)
+        drawn.save(out / "images" / image["file_name"])
+    drawn = sum(p.score >= draw_threshold for p in predictions)
+    print(f"bundle {verified.bundle_id} ({len(spec.members)} members, {spec.params.method}): {len(predictions)} "
+          f"detections on {len(coco_images)} image(s), {drawn} scoring >= {draw_threshold:g} drawn\n"
+          f"{out / 'predictions.json'}\n{out / 'predictions.csv'}\n{out / 'images'}/")
+    return 0
