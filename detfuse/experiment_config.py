@@ -24,6 +24,9 @@ KEYS = {
     "eval_every": "epochs between evaluations/checkpoints in every trial (default: each space's own)",
     "wandb": "false, true (offline) or {project, entity, group, mode, dir}",
     "seed": "base random seed",
+    "ensemble": "pipeline's ensemble stage: {top: K or {family: K}, method: wbf|nms|soft_nms|nmw}",
+    "export": "pipeline's export stage: {to: directory or s3://bucket/prefix (default <storage>/<name>/export),"
+              " sse: AES256|aws:kms}",
 }
 SPACE_KEYS = ("space", "num_samples", "resources")
 SCHEDULER_KEYS = ("reduction_factor", "max_epochs", "grace_epochs")
@@ -43,6 +46,10 @@ class Experiment:
     max_failures: int
     wandb: dict | None
     seed: int
+    ensemble_top: list  # --top values of the ensemble job: "K" or "FAMILY=K"
+    ensemble_method: str
+    export_to: str
+    export_sse: str | None
 
     @property
     def uri(self):
@@ -151,8 +158,22 @@ def load_experiment(path, overrides=()):
             settings["eval_every"] = float(eval_every)
         entries.append(SpaceEntry(space, num_samples, settings))
 
+    ensemble_top, ensemble_method = _ensemble_settings(data.get("ensemble") or {}, where)
+    export = data.get("export") or {}
+    if not isinstance(export, dict) or set(export) - {"to", "sse"}:
+        raise UserError(f"{where}: 'export' must be a mapping with keys to, sse")
+    export_to = export.get("to") or f"{storage.rstrip('/')}/{name}/export"
+    if not isinstance(export_to, str):
+        raise UserError(f"{where}: export.to must be a directory or an s3://bucket/prefix URI")
+    if not export_to.startswith("s3://"):
+        export_to = str(Path(export_to).expanduser().resolve())
+    if export.get("sse") not in (None, "AES256", "aws:kms"):
+        raise UserError(f"{where}: export.sse must be AES256 or aws:kms, got {export['sse']!r}")
+
     return Experiment(
         path=Path(path), name=name, dataset=dataset, storage=storage, entries=entries,
+        ensemble_top=ensemble_top, ensemble_method=ensemble_method, export_to=export_to,
+        export_sse=export.get("sse"),
         reduction_factor=float(reduction_factor),
         searcher=_searcher(data.get("searcher", "random"), where),
         max_concurrent_trials=_positive_int(data, "max_concurrent_trials", where, None, allow_none=True),
@@ -176,3 +197,23 @@ def _searcher(name, where):
         raise UserError(f"{where}: searcher '{name}' needs a package that is not installed ({error}); "
                         f"install it on every node or use searcher: random") from None
     return name
+
+
+def _ensemble_settings(section, where):
+    """The ensemble stage's members per family and fusion method, checked here rather than after tuning."""
+    from detfuse.fusion import METHODS
+    from trainables import FAMILIES
+
+    if not isinstance(section, dict) or set(section) - {"top", "method"}:
+        raise UserError(f"{where}: 'ensemble' must be a mapping with keys top, method")
+    top = section.get("top", 3)
+    per_family = top if isinstance(top, dict) else {None: top}
+    for family, k in per_family.items():
+        if family is not None and family not in FAMILIES:
+            raise UserError(f"{where}: ensemble.top: unknown family '{family}'; valid: {', '.join(FAMILIES)}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise UserError(f"{where}: ensemble.top must be a whole number >= 0 or a mapping family -> number")
+    method = section.get("method", "wbf")
+    if method not in METHODS:
+        raise UserError(f"{where}: ensemble.method must be one of {', '.join(METHODS)}, got {method!r}")
+    return [str(k) if family is None else f"{family}={k}" for family, k in per_family.items()], method

@@ -11,6 +11,8 @@ import pickle
 import numpy as np
 from ray.tune.search import Searcher
 
+from detfuse.trial_config import validate_trial_config
+
 
 class SpaceEntry:
     """One search space of the experiment, how many trials it gets, and the settings its trials share."""
@@ -78,7 +80,9 @@ class MultiSpaceSearcher(Searcher):
                 self.issued[index] += 1
                 self.trial_entry[trial_id] = index
                 seed = self.seed + 1000 * index + self.issued[index]
-                return entry.space.trial_config(hparams, **entry.settings, seed=seed)
+                config = entry.space.trial_config(hparams, **entry.settings, seed=seed)
+                # defaults filled in and checked once more, so every trial's config is complete and valid
+                return validate_trial_config(config, f"search space {entry.space.path}")
         if all(n >= e.num_samples for n, e in zip(self.issued, self.entries)):
             return Searcher.FINISHED
         return None

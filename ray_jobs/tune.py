@@ -7,11 +7,13 @@ Writes Tune's state, trial checkpoints, TensorBoard/CSV logs and `leaderboard.js
 `<storage>/<name>/`. `--resume` continues a killed run from that storage without repeating finished trials.
 """
 
+import json
 import sys
 
 from ray import tune
 
 import trainables
+from detfuse import experiment_storage
 from detfuse.errors import UserError
 from detfuse.experiment_config import load_experiment
 from detfuse.leaderboard import build_leaderboard, top_per_family, write_leaderboard
@@ -38,6 +40,11 @@ def check_resources_fit(experiment):
                 f"{experiment.path}: space '{entry.space.name}' asks for {cpu:g} CPU and {gpu:g} GPU per trial, "
                 f"more than any node of this cluster has (largest: {largest[0]:g} CPU, {largest[1]:g} GPU); "
                 f"lower its resources or add larger nodes")
+
+
+def trial_name(trial):
+    """Short, readable trial names and directories (Tune's default packs every hyperparameter into them)."""
+    return f"{trial.config['architecture']}_{trial.trial_id}"
 
 
 def trainable():
@@ -70,6 +77,8 @@ def build_tuner(experiment, resume, verbose):
         num_samples=sum(entry.num_samples for entry in experiment.entries),
         max_concurrent_trials=experiment.max_concurrent_trials,
         reuse_actors=False,
+        trial_name_creator=trial_name,
+        trial_dirname_creator=trial_name,
     )
     return tune.Tuner(trainable(), tune_config=tune_config, run_config=run_config)
 
@@ -108,6 +117,10 @@ def run_tune(config_path, overrides=(), resume=False, verbose=False):
 
     experiment = load_experiment(config_path, overrides)
     load_dataset(experiment.dataset)  # every dataset problem is reported before any trial starts
+    # later stages (ensemble, export) learn the experiment's dataset from here
+    experiment_storage.write_text(experiment_storage.join(experiment.uri, "experiment.json"), json.dumps({
+        "name": experiment.name, "dataset": experiment.dataset, "storage": experiment.storage,
+        "config_path": str(experiment.path)}, indent=2))
     connect(verbose)
     check_resources_fit(experiment)
     results = build_tuner(experiment, resume, verbose).fit()

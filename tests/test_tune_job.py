@@ -1,0 +1,143 @@
+"""The Tune job end to end on a real multi-node Ray cluster (ray.cluster_utils.Cluster) with both families.
+
+Trials train real (tiny) models on a small synthetic dataset; nothing is mocked. These are the slowest
+tests of the suite: a few minutes each on two cores.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from detfuse.data.synthetic import generate
+from ray_jobs.tune import run_tune
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("data") / "litter", seed=3, num_train=48, num_val=16, num_test=0)
+
+
+def experiment_overrides(dataset, storage, name, samples=3):
+    return [f"name={name}", f"dataset={dataset}", f"storage={storage}",
+            f"spaces.0.num_samples={samples}", f"spaces.1.num_samples={samples}",
+            "scheduler.max_epochs=4", "scheduler.grace_epochs=1", "scheduler.reduction_factor=2",
+            "spaces.0.space=demo_faster_rcnn", "max_failures=3"]
+
+
+@pytest.fixture
+def cluster():
+    """A head node that runs no trials plus two worker nodes, like a CPU head and GPU workers."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    cluster.wait_for_nodes()
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def trial_dirs(experiment_dir):
+    return sorted(p for p in Path(experiment_dir).iterdir() if p.is_dir() and (p / "params.json").exists())
+
+
+def result_counts(experiment_dir):
+    return {p.name: len((p / "result.json").read_text().splitlines()) if (p / "result.json").exists() else 0
+            for p in trial_dirs(experiment_dir)}
+
+
+@pytest.mark.slow
+def test_both_families_asha_and_a_lost_worker_node(cluster, small_dataset, tmp_path):
+    ray_cluster, workers = cluster
+    ray.init(address=ray_cluster.address)
+    storage = tmp_path / "storage"
+    experiment_dir = storage / "nodeloss"
+
+    def kill_a_worker_once_trials_report():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if experiment_dir.exists() and sum(result_counts(experiment_dir).values()) >= 2:
+                ray_cluster.remove_node(workers[0], allow_graceful=False)
+                killed.set()
+                return
+            time.sleep(1)
+
+    killed = threading.Event()
+    killer = threading.Thread(target=kill_a_worker_once_trials_report, daemon=True)
+    killer.start()
+    assert run_tune(DEMO, experiment_overrides(small_dataset, storage, "nodeloss")) == 0
+    killer.join(timeout=1)
+    assert killed.is_set(), "the worker node was never killed: the test did not exercise node loss"
+
+    rows = json.loads((experiment_dir / "leaderboard.json").read_text())
+    assert len(rows) == 6
+    assert {r["family"] for r in rows} == {"detectron2", "yolov5"}
+    assert all(r["error"] is None and r["best_mAP50"] is not None for r in rows), rows
+    assert any(r["stopped_early"] for r in rows), "ASHA stopped no trial"
+    assert any(r["epochs_trained"] >= 4 - 1e-6 for r in rows), "no trial reached the budget"
+    for family in ("detectron2", "yolov5"):
+        best = max((r for r in rows if r["family"] == family), key=lambda r: r["best_mAP50"])
+        assert best["checkpoint"] and (Path(best["checkpoint"]) / "detfuse.json").exists()
+    # Tune's own outputs: TensorBoard event files and CSV progress logs per trial
+    for trial in trial_dirs(experiment_dir):
+        assert (trial / "progress.csv").exists()
+        assert list(trial.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_repeating_finished_trials(cluster, small_dataset, tmp_path):
+    ray_cluster, _ = cluster
+    storage = tmp_path / "storage"
+    experiment_dir = storage / "resumed"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    command = [sys.executable, str(ROOT / "ray_jobs" / "tune.py"), str(DEMO),
+               *experiment_overrides(small_dataset, storage, "resumed", samples=2)]
+    driver = subprocess.Popen(command, env=env, start_new_session=True)
+    deadline = time.monotonic() + 600
+    finished_before = {}
+    while time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(1)
+        state = experiment_state(experiment_dir)
+        finished_before = {t: n for t, n in state.items() if n == "TERMINATED"}
+        if finished_before:
+            break
+    assert driver.poll() is None, "the driver finished before it could be killed"
+    assert finished_before, "no trial finished in time"
+    counts_before = result_counts(experiment_dir)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    rows = json.loads((experiment_dir / "leaderboard.json").read_text())
+    assert len(rows) == 4 and all(r["best_mAP50"] is not None for r in rows)
+    counts_after = result_counts(experiment_dir)
+    for trial_dir, count in counts_before.items():
+        if any(trial_dir.endswith(t) for t in finished_before):
+            assert counts_after[trial_dir] == count, f"finished trial {trial_dir} was run again"
+
+
+def experiment_state(experiment_dir):
+    """trial id -> status from Tune's experiment state file (what --resume restores from)."""
+    states = sorted(Path(experiment_dir).glob("experiment_state-*.json")) if Path(experiment_dir).exists() else []
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+    except json.JSONDecodeError:
+        return {}
+    out = {}
+    for trial_json, _ in data.get("trial_data", []):
+        trial = json.loads(trial_json)
+        out[trial["trial_id"]] = trial["status"]
+    return out
