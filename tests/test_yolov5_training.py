@@ -1,0 +1,109 @@
+"""YOLOv5 trials on the CPU, as `detfuse train` runs them: learning, a checkpoint per epoch, exact resume, a
+checkpoint's predictor scoring what the trial reported, and initial weights."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from yolov5_trials import trial_config, yolo_cache  # noqa: F401  (fixture)
+
+from detfuse import trial
+from detfuse.data import load_dataset
+from detfuse.evaluation import Prediction, evaluate
+from trainables.yolov5 import checkpoint, load_predictor, train
+
+EPOCHS = 3
+
+
+def run_trial(run, config):
+    trial.use_local_run(run)
+    try:
+        train(config)
+    finally:
+        trial.use_local_run(None)
+    return [json.loads(line) for line in run.metrics_log.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight_run(yolo_cache, tmp_path_factory):  # noqa: F811
+    run = trial.LocalRun(tmp_path_factory.mktemp("straight"), keep=EPOCHS)
+    return run, run_trial(run, trial_config(EPOCHS))
+
+
+def test_trial_learns_and_reports_a_checkpoint_every_epoch(straight_run):
+    run, reports = straight_run
+    assert [r["epoch"] for r in reports] == [1.0, 2.0, 3.0]
+    mAP50 = [r["mAP50"] for r in reports]
+    assert mAP50[-1] > 0.04 and mAP50[-1] > mAP50[0] + 0.03, mAP50  # seen here: 0.000 0.053 0.086
+    assert reports[-1]["train/box_loss"] < reports[0]["train/box_loss"]
+    for report in reports:
+        assert set(report) >= {"mAP50", "mAP50_95", "epoch", "AP50/battery", "lr", "train_images_per_second"}
+        meta = json.loads((run.run_dir / report["checkpoint"] / "detfuse.json").read_text())
+        assert meta["family"] == "yolov5" and meta["architecture"] == "yolov5n"
+        assert meta["epoch"] == report["epoch"] and meta["metrics"]["mAP50"] == report["mAP50"]
+        assert meta["class_names"] == ["bottle", "can", "bag", "paper", "battery"]
+        assert meta["category_ids"] == [1, 2, 3, 4, 5] and meta["hparams"]["image_size"] == 160
+
+
+def test_trial_resumes_exactly_from_a_checkpoint(straight_run, tmp_path):
+    straight, straight_reports = straight_run
+    # a trial stopped after epoch 2 (by Tune, or a killed `detfuse train`) left this checkpoint behind
+    stopped_at = straight.checkpoints()[1]
+    shutil.copytree(stopped_at, tmp_path / stopped_at.name)
+    reported = straight.metrics_log.read_text().splitlines(keepends=True)[:2]
+    (tmp_path / straight.metrics_log.name).write_text("".join(reported))
+    resumed = trial.LocalRun(tmp_path, keep=EPOCHS)
+    reports = run_trial(resumed, trial_config(EPOCHS))[2:]
+    assert [r["epoch"] for r in reports] == [3.0]  # it went on with epoch 3, not from the start
+
+    # model, EMA, optimizer, scheduler, data order and RNG came back: all match the uninterrupted trial
+    state_at_2 = checkpoint.read_trainer_state(stopped_at)
+    state_at_3 = checkpoint.read_trainer_state(resumed.latest_checkpoint())
+    straight_at_3 = checkpoint.read_trainer_state(straight.latest_checkpoint())
+    assert (state_at_2["epoch"], state_at_3["epoch"]) == (1, 2)  # Ultralytics' 0-based index of the last epoch
+    batches = 200 // 16 + 1
+    assert state_at_3["ema_updates"] == state_at_2["ema_updates"] + batches == straight_at_3["ema_updates"]
+    steps = [group["step"] for group in state_at_3["optimizer"]["state"].values()]
+    assert all(step == 3 * batches for step in steps)  # AdamW's step counts continued
+    for name, weights in checkpoint.read_weights(straight.latest_checkpoint()).items():
+        assert torch.equal(weights, checkpoint.read_weights(resumed.latest_checkpoint())[name]), name
+    assert reports[0]["mAP50"] == straight_reports[-1]["mAP50"] and reports[0]["lr"] == straight_reports[-1]["lr"]
+
+    # a trial whose checkpoint already holds the last epoch has nothing left to do
+    assert run_trial(resumed, trial_config(EPOCHS))[2:] == reports
+
+
+def test_checkpoint_predictor_scores_what_the_trial_reported(straight_run):
+    run, reports = straight_run
+    predictor = load_predictor(run.latest_checkpoint(), device="cpu")
+    split = load_dataset("builtin").splits["val"]
+    images = split.coco["images"]
+    detections = predictor.predict([split.image_path(image) for image in images])
+    assert len(detections) == len(images)
+    assert all(len(found) <= 100 for found in detections)
+    first = next(d for found in detections for d in found)
+    assert first.category_id in (1, 2, 3, 4, 5) and 0 <= first.box[0] <= first.box[2] <= images[0]["width"]
+    evaluation = evaluate(split.coco, [Prediction(image["id"], *d) for image, found in zip(images, detections)
+                                       for d in found])
+    # the predictor fuses conv and batch norm, so scores may move in the last digits only
+    assert evaluation.mAP50 == pytest.approx(reports[-1]["mAP50"], abs=0.005)
+
+
+def test_training_starts_from_given_weights(straight_run, tmp_path):
+    from trainables.yolov5.predictor import build_model
+    from trainables.yolov5.trainable import build_trainer
+
+    run, _ = straight_run
+    trained = checkpoint.read_weights(run.latest_checkpoint())
+    # a detfuse checkpoint directory ...
+    config = {**trial_config(1), "weights": str(run.latest_checkpoint())}
+    model = build_trainer(config, tmp_path / "from-checkpoint").model
+    assert all(torch.equal(model.state_dict()[name], value) for name, value in trained.items())
+    # ... or an Ultralytics checkpoint file of another class count: the layers whose shapes match are copied
+    other = build_model("yolov5n", num_classes=3)
+    torch.save({"model": other, "train_args": {}}, tmp_path / "other.pt")
+    model = build_trainer({**config, "weights": str(tmp_path / "other.pt")}, tmp_path / "from-pt").model
+    backbone = "model.0.conv.weight"
+    assert torch.equal(model.state_dict()[backbone], other.state_dict()[backbone])
+    assert not torch.equal(model.state_dict()[backbone], trained[backbone])

@@ -1,0 +1,22 @@
+"""The YOLOv5 family: Ultralytics YOLOv5u (n/s/m/l/x) under the detfuse trial contract.
+
+Importing the package loads only the adapters (no ultralytics): search spaces validate without the framework.
+`train` and `load_predictor` import ultralytics on first call, after making it offline (environment.py).
+"""
+
+from trainables.yolov5.adapter import ARCHITECTURES
+
+
+def train(config):
+    from trainables.yolov5.trainable import train as train_trial
+
+    return train_trial(config)
+
+
+def load_predictor(checkpoint_dir, device="cpu"):
+    from trainables.yolov5.predictor import load_predictor as load
+
+    return load(checkpoint_dir, device)
+
+
+__all__ = ["ARCHITECTURES", "train", "load_predictor"]

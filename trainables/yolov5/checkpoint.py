@@ -1,0 +1,84 @@
+"""The files of a YOLOv5 trial checkpoint directory and how they are written and read.
+
+    detfuse.json       what any family's checkpoint holds: family, architecture, hparams, class names,
+                       COCO category ids, epoch, metrics (the ensemble job reads it before loading weights)
+    weights.pt         state dict of the EMA model, the one evaluated and used for prediction
+    trainer_state.pt   what resuming needs beyond that: the raw model, optimizer, AMP scaler, EMA update
+                       count, the last finished Ultralytics epoch and the random number generators' states
+
+Only state dicts and plain values are stored, so both files load with `torch.load(weights_only=True)`:
+no pickled Ultralytics classes, and a checkpoint stays readable when Ultralytics renames its modules. The
+model is rebuilt from the architecture's yaml and the number of classes.
+"""
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detfuse.errors import UserError
+
+FAMILY = "yolov5"
+META_FILE = "detfuse.json"
+WEIGHTS_FILE = "weights.pt"
+TRAINER_STATE_FILE = "trainer_state.pt"
+
+
+def write(directory, meta, ema_state, trainer_state):
+    """Replace the contents of `directory` with one checkpoint."""
+    directory = Path(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    torch.save(ema_state, directory / WEIGHTS_FILE)
+    torch.save(trainer_state, directory / TRAINER_STATE_FILE)
+    (directory / META_FILE).write_text(json.dumps({"family": FAMILY, **meta}, indent=2))
+
+
+def read_meta(directory):
+    path = Path(directory) / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: not a readable detfuse checkpoint ({error})") from None
+    if meta.get("family") != FAMILY:
+        raise UserError(f"{path}: checkpoint of family '{meta.get('family')}', not {FAMILY}")
+    return meta
+
+
+def read_weights(directory):
+    return _load(Path(directory) / WEIGHTS_FILE)
+
+
+def read_trainer_state(directory):
+    return _load(Path(directory) / TRAINER_STATE_FILE)
+
+
+def _load(path):
+    if not path.is_file():
+        raise UserError(f"{path}: missing from the checkpoint directory; was it written by detfuse's yolov5 family?")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_state():
+    """The states of every random number generator training draws from (augmentation, init, dropout)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state):
+    random.setstate(state["python"])
+    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

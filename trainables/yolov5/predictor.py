@@ -1,0 +1,107 @@
+"""YOLOv5 predictions on image files, in original pixels and COCO category ids.
+
+The same code serves the per-epoch evaluation during training (on the EMA model) and the ensemble job (on a
+checkpoint through `load_predictor`), so a checkpoint predicts at ensemble time exactly what it was scored on.
+Images are letterboxed to the square training size, as Ultralytics' predictor does with fixed shapes.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from trainables.yolov5 import environment
+
+environment.configure()
+
+from ultralytics.data.augment import LetterBox  # noqa: E402  (after configure)
+from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+from ultralytics.utils import nms, ops  # noqa: E402
+from ultralytics.utils.patches import imread  # noqa: E402
+
+from detfuse.errors import UserError  # noqa: E402
+from trainables.yolov5 import checkpoint  # noqa: E402
+
+
+class Detection(NamedTuple):
+    category_id: int  # COCO category id
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the original image's pixels
+    score: float
+
+
+class _LetterboxedImages(torch.utils.data.Dataset):
+    """Image files as letterboxed RGB uint8 tensors, with each original (height, width)."""
+
+    def __init__(self, paths, image_size):
+        self.paths = list(paths)
+        self.letterbox = LetterBox(new_shape=(image_size, image_size), auto=False, scaleup=True)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        image = imread(self.paths[index])  # BGR
+        if image is None:
+            raise UserError(f"{self.paths[index]}: cannot read this image file")
+        boxed = self.letterbox(image=image)
+        return torch.from_numpy(np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1))), image.shape[:2]
+
+
+def _collate(items):
+    images, shapes = zip(*items)
+    return torch.stack(images), shapes
+
+
+class YoloPredictor:
+    """Runs a YOLOv5 detection model on image files. Defaults follow COCO evaluation: low confidence, 100 boxes."""
+
+    def __init__(self, model, image_size, category_ids, device, confidence=0.001, iou=0.7, max_detections=100,
+                 batch_size=16, workers=0):
+        self.model = model
+        self.image_size = image_size
+        self.category_ids = list(category_ids)
+        self.device = torch.device(device)
+        self.confidence = confidence
+        self.iou = iou
+        self.max_detections = max_detections
+        self.batch_size = batch_size
+        self.workers = workers
+
+    def predict(self, image_paths):
+        """One list of `Detection`s per image path, in the order given."""
+        loader = torch.utils.data.DataLoader(
+            _LetterboxedImages(image_paths, self.image_size), batch_size=self.batch_size,
+            num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
+        )
+        results = []
+        self.model.eval()
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16,
+                                             enabled=self.device.type == "cuda"):
+            for images, shapes in loader:
+                images = images.to(self.device, non_blocking=True).float() / 255
+                outputs = nms.non_max_suppression(
+                    self.model(images), self.confidence, self.iou, multi_label=True, max_det=self.max_detections,
+                )
+                for output, shape in zip(outputs, shapes):
+                    results.append(self._detections(output.float(), images.shape[2:], shape))
+        return results
+
+    def _detections(self, output, letterboxed_shape, original_shape):
+        boxes = ops.scale_boxes(letterboxed_shape, output[:, :4].clone(), original_shape).tolist()
+        scores = output[:, 4].tolist()
+        classes = output[:, 5].long().tolist()
+        return [Detection(self.category_ids[c], tuple(box), score) for box, score, c in zip(boxes, scores, classes)]
+
+
+def build_model(architecture, num_classes):
+    """A YOLOv5u detection model of `architecture` (e.g. yolov5s) with randomly initialised weights."""
+    return DetectionModel(f"{architecture}.yaml", nc=num_classes, verbose=False)
+
+
+def load_predictor(checkpoint_dir, device="cpu"):
+    """A `YoloPredictor` for the EMA weights of a trial checkpoint directory."""
+    meta = checkpoint.read_meta(checkpoint_dir)
+    model = build_model(meta["architecture"], len(meta["class_names"]))
+    model.load_state_dict(checkpoint.read_weights(checkpoint_dir))
+    model = model.fuse(verbose=False).to(device).eval()
+    return YoloPredictor(model, meta["hparams"]["image_size"], meta["category_ids"], device)

@@ -1,0 +1,108 @@
+"""`train(config)`: one YOLOv5 trial, as a Ray Tune function trainable or under `detfuse train`.
+
+One trial uses one GPU, or a fraction of one, or the CPU: Ultralytics trains on several GPUs only through DDP,
+which relaunches a generated script as a new process and does not work inside a Ray actor. So the trial
+trains on device 0 of whatever CUDA_VISIBLE_DEVICES Ray gave it, never with DDP and never with AutoBatch
+(the batch size is always explicit). Several trials with fractional GPUs share a card.
+"""
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from detfuse import trial
+from detfuse.errors import UserError
+from trainables.yolov5 import checkpoint, environment
+from trainables.yolov5.adapter import ARCHITECTURES
+
+_MAX_LOADER_WORKERS = 8
+
+
+def train(config):
+    """Train `config["architecture"]` and report each evaluated epoch with a checkpoint (see DESIGN.md)."""
+    with trial.resume_checkpoint() as directory:
+        resume_state = None
+        if directory is not None:
+            resume_state = {**checkpoint.read_trainer_state(directory), "ema": checkpoint.read_weights(directory)}
+    if resume_state is not None and resume_state["epoch"] + 1 >= math.ceil(config["max_epochs"]):
+        return  # the checkpoint already holds the last epoch
+    with tempfile.TemporaryDirectory(prefix="detfuse-yolov5-") as work_dir:
+        build_trainer(config, Path(work_dir), resume_state).train()
+
+
+def build_trainer(config, work_dir, resume_state=None):
+    """The Ultralytics trainer for one trial, writing its files under `work_dir`."""
+    environment.configure()
+    from detfuse.data import load_dataset
+    from detfuse.data.views import yolo_view
+    from trainables.yolov5.trainer import TrialPlan, YoloTrialTrainer
+
+    environment.set_verbosity(config["verbose"])
+
+    where = "trial config"
+    adapter = ARCHITECTURES.get(config["architecture"])
+    if adapter is None:
+        raise UserError(f"{where}: unknown YOLOv5 architecture '{config['architecture']}'; "
+                        f"valid: {', '.join(ARCHITECTURES)}")
+    hparams = adapter.hyperparameters.validate(config["hparams"], f"{where}: hparams")
+    arguments = adapter.ultralytics_arguments(hparams, f"{where}: hparams")
+    dataset = load_dataset(config["dataset"])
+    plan = TrialPlan(
+        architecture=adapter.architecture, hparams=hparams, dataset=dataset,
+        eval_interval=max(1, math.ceil(config["eval_every"])), checkpoint_dir=work_dir / "checkpoint",
+        initial_weights=_initial_weights(config["weights"]), resume_state=resume_state,
+        progress_bar=not config["verbose"],
+    )
+    cuda = torch.cuda.is_available()
+    overrides = {
+        **arguments,
+        "model": adapter.model_yaml, "data": str(yolo_view(dataset)), "task": "detect", "mode": "train",
+        "epochs": math.ceil(config["max_epochs"]),  # Ultralytics trains whole epochs
+        "seed": config["seed"], "deterministic": False,
+        "device": "0" if cuda else "cpu",  # device 0 of the GPUs Ray made visible to this trial
+        # bf16 autocast: fp16 AMP would first run Ultralytics' AMP check, which downloads a model
+        "amp": "bf16" if cuda and torch.cuda.is_bf16_supported() else False,
+        "workers": _loader_workers(), "save_dir": str(work_dir / "ultralytics"),
+        "pretrained": False, "plots": False, "patience": 0, "val": True, "verbose": config["verbose"],
+        "cos_lr": False, "rect": False, "cache": False,
+    }
+    return YoloTrialTrainer(overrides, plan)
+
+
+def _loader_workers():
+    """Data loading processes: as many as the CPUs Ray gave the trial (all CPUs outside Tune), at most 8."""
+    cpus = os.cpu_count() or 1
+    if trial.in_tune_trial():
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    return max(1, min(_MAX_LOADER_WORKERS, int(cpus)))
+
+
+def _initial_weights(source):
+    """The model to initialise from: an Ultralytics .pt file or a detfuse yolov5 checkpoint directory."""
+    if source is None:
+        return None
+    from detfuse.storage.s3 import fetch, is_s3_uri
+    from trainables.yolov5.predictor import build_model
+
+    path = fetch(source) if is_s3_uri(source) else Path(source).expanduser()
+    if path.is_dir():
+        meta = checkpoint.read_meta(path)
+        model = build_model(meta["architecture"], len(meta["class_names"]))
+        model.load_state_dict(checkpoint.read_weights(path))
+        return model
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)  # Ultralytics pickles its modules
+    except Exception as error:
+        raise UserError(f"weights {source}: not a readable PyTorch file ({error})") from None
+    model = None
+    if isinstance(saved, dict):
+        model = saved["ema"] if saved.get("ema") is not None else saved.get("model")
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"weights {source}: not an Ultralytics checkpoint (a dict with a 'model' or 'ema' module) "
+                        "nor a detfuse yolov5 checkpoint directory")
+    return model.float()
