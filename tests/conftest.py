@@ -1,3 +1,5 @@
-"""Shared fixtures. The S3 server lives in s3_server.py; importing its fixtures here makes them visible to all tests."""
+"""Shared fixtures, defined in their own modules and imported here so every test sees them:
+a real S3 server (s3_server.py) and a real multi-node Ray cluster with a small dataset (ray_cluster.py)."""
 
+from ray_cluster import cluster, small_dataset  # noqa: F401
 from s3_server import s3_bucket, s3_server  # noqa: F401

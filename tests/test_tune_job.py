@@ -15,36 +15,18 @@ from pathlib import Path
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
-from detfuse.data.synthetic import generate
 from ray_jobs.tune import run_tune
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
 
 
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("data") / "litter", seed=3, num_train=48, num_val=16, num_test=0)
-
-
 def experiment_overrides(dataset, storage, name, samples=3):
     return [f"name={name}", f"dataset={dataset}", f"storage={storage}",
             f"spaces.0.num_samples={samples}", f"spaces.1.num_samples={samples}",
             "scheduler.max_epochs=4", "scheduler.grace_epochs=1", "scheduler.reduction_factor=2",
-            "spaces.0.space=demo_faster_rcnn", "max_failures=3"]
-
-
-@pytest.fixture
-def cluster():
-    """A head node that runs no trials plus two worker nodes, like a CPU head and GPU workers."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
-    cluster.wait_for_nodes()
-    yield cluster, workers
-    ray.shutdown()
-    cluster.shutdown()
+            "max_failures=3"]
 
 
 def trial_dirs(experiment_dir):
