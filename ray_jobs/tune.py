@@ -24,22 +24,32 @@ from ray_jobs.cluster import connect, node_capacities
 
 
 def trial_resources(config):
-    """The resources Tune reserves for one trial, from its `resources` setting."""
+    """The resources Tune reserves for one trial, from its `resources` setting.
+
+    A DDP trial (several whole GPUs) reserves only its own process: its Ray Train workers ask the cluster for
+    their GPUs themselves, and a Tune reservation of the same GPUs would leave them waiting forever.
+    """
     cpu, gpu = config["resources"]["cpu"], config["resources"]["gpu"]
+    if gpu > 1:
+        return tune.PlacementGroupFactory([{"CPU": 1}])
     return tune.PlacementGroupFactory([{"CPU": cpu, "GPU": gpu}] if gpu else [{"CPU": cpu}])
 
 
 def check_resources_fit(experiment):
-    """Every trial must fit on at least one alive node, or Tune would wait for it forever."""
+    """Every trial must fit on the cluster (DDP workers: each on some node, all of them in total), or Tune
+    would wait for it forever."""
     capacities = node_capacities()
     for entry in experiment.entries:
         cpu, gpu = entry.settings["resources"]["cpu"], entry.settings["resources"]["gpu"]
-        if not any(cpu <= node_cpu and gpu <= node_gpu for node_cpu, node_gpu in capacities):
+        workers = int(gpu) if gpu > 1 else 1
+        per_worker = (cpu / workers, gpu / workers)
+        fits_a_node = any(per_worker[0] <= node_cpu and per_worker[1] <= node_gpu for node_cpu, node_gpu in capacities)
+        if not fits_a_node or sum(node_gpu for _, node_gpu in capacities) < gpu:
             largest = max(capacities, default=(0, 0))
             raise UserError(
                 f"{experiment.path}: space '{entry.space.name}' asks for {cpu:g} CPU and {gpu:g} GPU per trial, "
-                f"more than any node of this cluster has (largest: {largest[0]:g} CPU, {largest[1]:g} GPU); "
-                f"lower its resources or add larger nodes")
+                f"more than this cluster offers (largest node: {largest[0]:g} CPU, {largest[1]:g} GPU; "
+                f"{sum(g for _, g in capacities):g} GPUs in all); lower its resources or add larger nodes")
 
 
 def trial_name(trial):
