@@ -26,9 +26,9 @@ def trial_rows(trials):
 class StatusTable(Callback):
     """Prints the table every `interval` seconds while trials change, and once more at the end."""
 
-    def __init__(self, interval=30.0, stream=sys.stdout):
+    def __init__(self, interval=30.0, stream=None):
         self.interval = interval
-        self.stream = stream
+        self.stream = stream  # None: sys.stdout at print time (the callback is pickled with Tune's state)
         self.last_print = 0.0
         self.last_rows = None
 
@@ -42,7 +42,8 @@ class StatusTable(Callback):
             counts[trial.status] = counts.get(trial.status, 0) + 1
         summary = ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items()))
         table = tabulate(rows, headers=["family", "architecture", "trial", "epoch", "mAP50", "state"])
-        print(f"\n== {time.strftime('%H:%M:%S')} trials: {summary}\n{table}", file=self.stream, flush=True)
+        print(f"\n== {time.strftime('%H:%M:%S')} trials: {summary}\n{table}", file=self.stream or sys.stdout,
+              flush=True)
 
     def on_step_end(self, iteration, trials, **info):
         if time.monotonic() - self.last_print >= self.interval:

@@ -56,8 +56,10 @@ def run_pipeline(config_path, overrides=(), verbose=False):
     return 0
 
 
-def print_final_summary(experiment, stream=sys.stdout):
+def print_final_summary(experiment, stream=None):
     from detfuse.leaderboard import read_leaderboard, top_per_family
+
+    stream = stream or sys.stdout
 
     rows = read_leaderboard(experiment.uri)
     summary = json.loads(experiment_storage.read_text(

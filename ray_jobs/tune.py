@@ -107,8 +107,10 @@ def wandb_callbacks(experiment):
                                 dir=settings["dir"], excludes=["hparams"], log_config=True)]
 
 
-def print_summary(rows, leaderboard_uri, stream=sys.stdout):
+def print_summary(rows, leaderboard_uri, stream=None):
     from tabulate import tabulate
+
+    stream = stream or sys.stdout
 
     print(f"\nleaderboard: {leaderboard_uri}", file=stream)
     for family, best in sorted(top_per_family(rows, 3).items()):
