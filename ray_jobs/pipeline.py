@@ -60,7 +60,6 @@ def print_final_summary(experiment, stream=None):
     from detfuse.leaderboard import read_leaderboard, top_per_family
 
     stream = stream or sys.stdout
-
     rows = read_leaderboard(experiment.uri)
     summary = json.loads(experiment_storage.read_text(
         experiment_storage.join(experiment.uri, "ensemble", "summary.json")))

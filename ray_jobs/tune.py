@@ -111,7 +111,6 @@ def print_summary(rows, leaderboard_uri, stream=None):
     from tabulate import tabulate
 
     stream = stream or sys.stdout
-
     print(f"\nleaderboard: {leaderboard_uri}", file=stream)
     for family, best in sorted(top_per_family(rows, 3).items()):
         table = [[r["architecture"], r["trial_id"], f"{r['best_mAP50']:.4f}", f"{r['best_epoch']:.2f}",

@@ -8,7 +8,9 @@
 #             sources without its C++ operators. We build it with an operator-free `_C` extension of our own.
 #             Faster R-CNN, RetinaNet and Cascade R-CNN (axis-aligned boxes) only use torchvision's ops, so they
 #             train; deformable convolution and rotated boxes are unavailable on this route.
-# Idempotent: does nothing when detectron2 already imports. DETECTRON2_ROUTE=official|fallback forces a route.
+# Idempotent: does nothing when detectron2 already imports. DETECTRON2_ROUTE=official|fallback forces a route;
+# DETECTRON2_SDIST=path/to/pb1-detectron2-0.6.tar.gz gives the fallback a local copy (no package index needed);
+# PIP_TARGET=dir installs into that directory instead of the Python's site-packages.
 set -euo pipefail
 py=$(realpath -s "${1:-.venv/bin/python}")
 commit=${DETECTRON2_COMMIT:-a1ce2f9}
@@ -37,18 +39,23 @@ fallback() {
   rm -rf "$src" "$work/sdist"
   mkdir -p "$work/sdist"
   # `pip download` refuses this sdist (its metadata declares a direct-URL extra), so fetch it through the
-  # index's JSON simple API and check it against the pinned sha256
+  # index's JSON simple API (or take DETECTRON2_SDIST, a local copy, on machines without an index) and check
+  # it against the pinned sha256
   "$py" - "$work/sdist/pb1-detectron2-0.6.tar.gz" <<'PY'
 import hashlib, json, os, sys, urllib.request
 SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
-index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
-request = urllib.request.Request(f"{index}/pb1-detectron2/",
-                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-files = json.load(urllib.request.urlopen(request, timeout=60))["files"]
-url = next(f["url"] for f in files if f["filename"] == "pb1-detectron2-0.6.tar.gz")
-data = urllib.request.urlopen(url, timeout=120).read()
+local = os.environ.get("DETECTRON2_SDIST")
+if local:
+    source, data = local, open(local, "rb").read()
+else:
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    request = urllib.request.Request(f"{index}/pb1-detectron2/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    files = json.load(urllib.request.urlopen(request, timeout=60))["files"]
+    source = next(f["url"] for f in files if f["filename"] == "pb1-detectron2-0.6.tar.gz")
+    data = urllib.request.urlopen(source, timeout=120).read()
 if hashlib.sha256(data).hexdigest() != SHA256:
-    sys.exit(f"pb1-detectron2-0.6.tar.gz from {url} does not match the pinned sha256 {SHA256}")
+    sys.exit(f"pb1-detectron2-0.6.tar.gz from {source} does not match the pinned sha256 {SHA256}")
 open(sys.argv[1], "wb").write(data)
 PY
   tar -xzf "$work"/sdist/pb1-detectron2-0.6.tar.gz -C "$work"
