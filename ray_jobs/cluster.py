@@ -13,6 +13,8 @@ AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
 
 def connect(verbose=False):
     """ray.init() for a job driver. Trial output reaches the terminal only with --verbose."""
+    if not verbose:  # Tune's advice on checkpoint frequency is for Tune developers, not for the status table
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     settings = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING,

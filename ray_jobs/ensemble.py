@@ -76,7 +76,7 @@ def experiment_dataset(experiment_uri, override):
     return json.loads(experiment_storage.read_text(uri))["dataset"]
 
 
-@ray.remote
+@ray.remote(max_calls=1)  # a fresh worker per member: a finished member's model leaves no GPU memory behind
 def _predict_member_task(member, dataset_spec, dataset_fingerprint, split_names):
     device = "cuda" if ray.get_gpu_ids() else "cpu"
     return predict_member(member, dataset_spec, dataset_fingerprint, split_names, device)
@@ -90,10 +90,7 @@ def task_resources(gpus_per_member, cpus_per_member):
         raise UserError(f"--gpus-per-member {gpus_per_member:g}: this Ray cluster has no GPUs; pass 0")
     if not (0 <= gpus_per_member <= 1) or cpus_per_member <= 0:
         raise UserError("--gpus-per-member must be in [0, 1] (a fraction of one GPU) and --cpus-per-member > 0")
-    options = {"num_cpus": cpus_per_member, "num_gpus": gpus_per_member, "scheduling_strategy": "SPREAD"}
-    if gpus_per_member:
-        options["max_calls"] = 1  # a finished task's worker releases its GPU memory
-    return options
+    return {"num_cpus": cpus_per_member, "num_gpus": gpus_per_member, "scheduling_strategy": "SPREAD"}
 
 
 def _get(refs, context=""):

@@ -12,7 +12,8 @@
 # DETECTRON2_SDIST=path/to/pb1-detectron2-0.6.tar.gz gives the fallback a local copy (no package index needed);
 # PIP_TARGET=dir installs into that directory instead of the Python's site-packages.
 set -euo pipefail
-py=$(realpath -s "${1:-.venv/bin/python}")
+py=${1:-.venv/bin/python}
+if [[ $py == */* ]]; then py=$(realpath -s "$py"); else py=$(command -v "$py"); fi  # absolute: the build cds
 commit=${DETECTRON2_COMMIT:-a1ce2f9}
 repo=https://github.com/facebookresearch/detectron2.git
 route=${DETECTRON2_ROUTE:-auto}
