@@ -1,0 +1,138 @@
+"""DDP trials: a TorchTrainer inside the Tune trial runs N Ray Train workers, each training like a one-process
+trial, with detectron2's process-group state set up as its `launch()` would.
+
+The Tune trial keeps owning the results: rank 0 sends each evaluation with its checkpoint files through a Ray
+queue to the trial's own process, which reports them to Tune. ASHA stopping and Tune's restore therefore work
+as for one-process trials, and the checkpoint to resume from travels to the workers as file contents (they
+may run on other nodes). Ray Train schedules the workers itself, so the Tune trial must not hold their GPUs.
+"""
+
+import contextlib
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+from detfuse import trial
+from detfuse.errors import UserError
+
+
+def train_distributed(config, num_workers, use_gpu, checkpoint_dir=None):
+    """Train `config` with DDP over `num_workers` workers (one GPU each when `use_gpu`, gloo on CPUs)."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Empty, Queue
+
+    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    resume = None if checkpoint_dir is None else ray.put(_read_files(checkpoint_dir))
+    cpus_per_worker = max(1.0, config.get("resources", {}).get("cpu", 1) / num_workers)
+    with tempfile.TemporaryDirectory(prefix="detfuse-ddp-") as storage:
+        trainer = TorchTrainer(
+            _train_worker,
+            # the checkpoint ref sits in a list so Ray hands it over unresolved; workers fetch it themselves
+            train_loop_config={"config": config, "reports": reports, "resume": [resume]},
+            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": cpus_per_worker, "GPU": 1 if use_gpu else 0}),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            run_config=RunConfig(name=f"detfuse-ddp-{uuid.uuid4().hex[:8]}", storage_path=storage),
+        )
+        outcome = {}
+        fitting = threading.Thread(target=_fit, args=(trainer, outcome), daemon=True)
+        fitting.start()
+        while fitting.is_alive() or not reports.empty():
+            try:
+                metrics, files = reports.get(timeout=1.0)
+            except Empty:
+                continue
+            with tempfile.TemporaryDirectory(prefix="detfuse-d2-checkpoint-") as directory:
+                _write_files(directory, files)
+                trial.report(metrics, directory)
+        fitting.join()
+    if "error" in outcome:
+        raise _user_error_of(outcome["error"]) or outcome["error"]
+
+
+def _fit(trainer, outcome):
+    try:
+        outcome["result"] = trainer.fit()
+    except Exception as error:  # handed to the trial's thread, which raises it
+        outcome["error"] = error
+
+
+def _user_error_of(error):
+    """The UserError a worker raised (bad input), so the trial fails with its message and not a traceback."""
+    for _, failure in sorted(getattr(error, "worker_failures", {}).items()):
+        cause = getattr(failure, "cause", failure)
+        if isinstance(cause, UserError):
+            return UserError(str(cause))
+    return None
+
+
+def _train_worker(loop_config):
+    """One Ray Train worker: set up detectron2's process groups and train; rank 0 reports through the queue."""
+    import ray
+    import ray.train.torch
+    import torch
+
+    from detfuse.compat import import_detectron2
+    from trainables.detectron2 import trainable
+
+    import_detectron2()
+
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    set_up_local_process_group(ray.train.get_context().get_node_rank())
+    resume = loop_config["resume"][0]
+    with _checkpoint_copy(None if resume is None else ray.get(resume)) as checkpoint_dir:
+        trainable.run_worker(loop_config["config"], checkpoint_dir, QueueReport(loop_config["reports"]), device)
+
+
+def set_up_local_process_group(node_rank):
+    """Create detectron2's per-machine process group, as `detectron2.engine.launch` does after
+    `init_process_group`: `comm.get_local_rank/get_local_size` and everything built on them need it."""
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    if comm._LOCAL_PROCESS_GROUP is not None:
+        raise RuntimeError("detectron2's local process group is already set up in this process")
+    node_of_rank = [None] * dist.get_world_size()
+    dist.all_gather_object(node_of_rank, node_rank)
+    for node in sorted(set(node_of_rank)):  # every rank creates every group, in the same order
+        group = dist.new_group([rank for rank, owner in enumerate(node_of_rank) if owner == node])
+        if node == node_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    comm.synchronize()
+
+
+class QueueReport:
+    """Stands in for `detfuse.trial.report` in rank 0: ships metrics and checkpoint files to the trial process."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def __call__(self, metrics, checkpoint_dir):
+        self.queue.put((metrics, _read_files(checkpoint_dir)))
+
+
+def _read_files(directory):
+    directory = Path(directory)
+    return {str(path.relative_to(directory)): path.read_bytes() for path in directory.rglob("*") if path.is_file()}
+
+
+def _write_files(directory, files):
+    for name, content in files.items():
+        path = Path(directory) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+
+@contextlib.contextmanager
+def _checkpoint_copy(files):
+    if files is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="detfuse-d2-resume-") as directory:
+        _write_files(directory, files)
+        yield Path(directory)
