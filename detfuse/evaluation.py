@@ -26,6 +26,14 @@ class Prediction(NamedTuple):
     score: float
 
 
+class Detection(NamedTuple):
+    """One detection of a predictor on one image (what every family's `load_predictor(...).predict` returns)."""
+
+    category_id: int  # COCO category id
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the original image's pixels
+    score: float
+
+
 @dataclass(frozen=True)
 class Evaluation:
     mAP50: float

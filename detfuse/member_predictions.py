@@ -15,12 +15,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from detfuse import experiment_storage
+from detfuse import checkpoint_meta, experiment_storage
 from detfuse.errors import UserError
 from detfuse.evaluation import Prediction
-
-CHECKPOINT_META = "detfuse.json"
-
 
 @dataclass(frozen=True)
 class Member:
@@ -41,7 +38,7 @@ class Member:
 
 def read_checkpoint_meta(member, dataset):
     """The checkpoint's detfuse.json text, after checking that it was trained on the dataset's classes."""
-    uri = experiment_storage.join(member.checkpoint, CHECKPOINT_META)
+    uri = experiment_storage.join(member.checkpoint, checkpoint_meta.FILE_NAME)
     text = experiment_storage.read_text(uri)
     try:
         meta = json.loads(text)

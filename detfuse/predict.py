@@ -17,7 +17,7 @@ import pickle
 import warnings
 from pathlib import Path
 
-from detfuse import bundle
+from detfuse import bundle, checkpoint_meta
 from detfuse.ensemble_outputs import coco_results, read_fusion_spec, submission_csv
 from detfuse.errors import UserError
 from detfuse.fusion import fuse_image
@@ -73,10 +73,10 @@ def load_members(verified, spec, device):
     for member in spec.members:
         where = f"{verified.uri}/{bundle.FUSION}: member {member['trial_id']}"
         relative = str(member["checkpoint"]).strip("/")
-        if f"{relative}/detfuse.json" not in covered or ".." in relative.split("/"):
+        if f"{relative}/{checkpoint_meta.FILE_NAME}" not in covered or ".." in relative.split("/"):
             raise UserError(f"{where}: checkpoint {relative!r} is not a folder of this bundle's manifest")
         checkpoint_dir = verified.directory / relative
-        meta = json.loads((checkpoint_dir / "detfuse.json").read_text())
+        meta = checkpoint_meta.read_meta(checkpoint_dir, member["family"])
         if list(meta.get("category_ids", [])) != list(spec.category_ids):
             raise UserError(f"{where}: checkpoint trained on category ids {meta.get('category_ids')}, but the "
                             f"ensemble fuses {spec.category_ids}; the bundle is inconsistent, re-export it")

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from detfuse import bundle, experiment_storage
+from detfuse import bundle, checkpoint_meta, experiment_storage
 from detfuse.ensemble_outputs import read_fusion_spec
 from detfuse.errors import UserError
 from detfuse.leaderboard import read_leaderboard, top_per_family
@@ -113,7 +113,7 @@ def stage_bundle(experiment_uri, staging_dir):
         directory = _checkpoint_dir(trial_id, taken)
         source = local_checkpoint(trial["checkpoint"])
         contents = {path.relative_to(source).as_posix(): path for path in sorted(source.rglob("*")) if path.is_file()}
-        if "detfuse.json" not in contents:
+        if checkpoint_meta.FILE_NAME not in contents:
             raise UserError(f"{trial['checkpoint']}: no detfuse.json, so trial {trial_id}'s checkpoint cannot be "
                             f"loaded by `detfuse predict`; is the checkpoint complete?")
         files.update({f"{directory}/{relative}": path for relative, path in contents.items()})

@@ -11,17 +11,16 @@ Only tensors and plain values are stored (RNG states as tensors), so both .pth f
 `torch.load(weights_only=True)`: reading a checkpoint from shared storage never runs pickled code.
 """
 
-import json
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from detfuse import checkpoint_meta
 from detfuse.errors import UserError
 
 FAMILY = "detectron2"
-META_FILE = "detfuse.json"
 MODEL_FILE = "model.pth"
 TRAINING_STATE_FILE = "training_state.pth"
 CONFIG_FILE = "config.yaml"
@@ -33,18 +32,11 @@ def write(directory, meta, model_state, training_state, config_text):
     torch.save(model_state, directory / MODEL_FILE)
     torch.save(training_state, directory / TRAINING_STATE_FILE)
     (directory / CONFIG_FILE).write_text(config_text)
-    (directory / META_FILE).write_text(json.dumps({"family": FAMILY, **meta}, indent=2))
+    checkpoint_meta.write_meta(directory, FAMILY, meta)
 
 
 def read_meta(directory):
-    path = Path(directory) / META_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: not a readable detfuse checkpoint ({error})") from None
-    if meta.get("family") != FAMILY:
-        raise UserError(f"{path}: a checkpoint of family '{meta.get('family')}', not {FAMILY}")
-    return meta
+    return checkpoint_meta.read_meta(directory, FAMILY)
 
 
 def read_model_state(directory):

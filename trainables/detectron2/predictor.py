@@ -5,10 +5,10 @@ The same class scores the model on the validation split during training and serv
 and resized as detectron2's test-time DatasetMapper does (shortest edge to the config's test size).
 """
 
-from typing import NamedTuple
 
 import torch
 
+from detfuse import checkpoint_meta
 from detfuse.compat import import_detectron2
 
 import_detectron2()
@@ -18,14 +18,9 @@ from detectron2.data import transforms as T  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 from detfuse.errors import UserError  # noqa: E402
+from detfuse.evaluation import Detection  # noqa: E402
 from trainables.detectron2 import checkpoints  # noqa: E402
 from trainables.detectron2.adapters import ARCHITECTURES  # noqa: E402
-
-
-class Detection(NamedTuple):
-    category_id: int  # COCO category id
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the original image's pixels
-    score: float
 
 
 class _TestImages(torch.utils.data.Dataset):
@@ -98,7 +93,7 @@ def load_predictor(checkpoint_dir, device="cpu"):
     adapter = ARCHITECTURES.get(meta["architecture"])
     if adapter is None:
         raise UserError(f"{checkpoint_dir}: unknown detectron2 architecture '{meta['architecture']}'")
-    hparams = adapter.resolve(meta["hparams"], f"{checkpoint_dir}/{checkpoints.META_FILE}")
+    hparams = adapter.resolve(meta["hparams"], f"{checkpoint_dir}/{checkpoint_meta.FILE_NAME}")
     cfg = adapter.build_config(hparams, len(meta["class_names"]))
     cfg.defrost()
     cfg.MODEL.DEVICE = str(device)

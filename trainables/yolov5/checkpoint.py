@@ -11,7 +11,6 @@ no pickled Ultralytics classes, and a checkpoint stays readable when Ultralytics
 model is rebuilt from the architecture's yaml and the number of classes.
 """
 
-import json
 import random
 import shutil
 from pathlib import Path
@@ -19,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detfuse import checkpoint_meta
 from detfuse.errors import UserError
 
 FAMILY = "yolov5"
-META_FILE = "detfuse.json"
 WEIGHTS_FILE = "weights.pt"
 TRAINER_STATE_FILE = "trainer_state.pt"
 
@@ -34,18 +33,11 @@ def write(directory, meta, ema_state, trainer_state):
     directory.mkdir(parents=True)
     torch.save(ema_state, directory / WEIGHTS_FILE)
     torch.save(trainer_state, directory / TRAINER_STATE_FILE)
-    (directory / META_FILE).write_text(json.dumps({"family": FAMILY, **meta}, indent=2))
+    checkpoint_meta.write_meta(directory, FAMILY, meta)
 
 
 def read_meta(directory):
-    path = Path(directory) / META_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: not a readable detfuse checkpoint ({error})") from None
-    if meta.get("family") != FAMILY:
-        raise UserError(f"{path}: checkpoint of family '{meta.get('family')}', not {FAMILY}")
-    return meta
+    return checkpoint_meta.read_meta(directory, FAMILY)
 
 
 def read_weights(directory):

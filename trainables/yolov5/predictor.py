@@ -5,7 +5,6 @@ checkpoint through `load_predictor`), so a checkpoint predicts at ensemble time 
 Images are letterboxed to the square training size, as Ultralytics' predictor does with fixed shapes.
 """
 
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,13 +19,8 @@ from ultralytics.utils import nms, ops  # noqa: E402
 from ultralytics.utils.patches import imread  # noqa: E402
 
 from detfuse.errors import UserError  # noqa: E402
+from detfuse.evaluation import Detection  # noqa: E402
 from trainables.yolov5 import checkpoint  # noqa: E402
-
-
-class Detection(NamedTuple):
-    category_id: int  # COCO category id
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the original image's pixels
-    score: float
 
 
 class _LetterboxedImages(torch.utils.data.Dataset):
