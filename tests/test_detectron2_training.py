@@ -119,19 +119,19 @@ def test_weights_from_s3(tiny_dataset, tmp_path, s3_bucket, d2_cache):  # noqa: 
 
 
 def test_stopped_trial_resumes_exactly(tiny_dataset, tmp_path, d2_cache):  # noqa: F811
-    # batch 2 over 12 images: 12 iterations, a report every 4; rare classes repeated by the sampler
-    config = trial_config("faster_rcnn", tiny_dataset, max_epochs=2.0, eval_every=2 / 3, batch_size=2,
+    # batch 2 over 12 images: 6 iterations, a report every 2; rare classes repeated by the sampler
+    config = trial_config("faster_rcnn", tiny_dataset, max_epochs=1.0, eval_every=1 / 3, batch_size=2,
                           repeat_threshold=0.5)
     straight = trial.LocalRun(tmp_path / "straight", keep=10)
     straight_reports = run_trial(straight, config)
 
     with pytest.raises(Interrupted):
-        run_trial(InterruptedRun(tmp_path / "resumed", iteration=4), config)
+        run_trial(InterruptedRun(tmp_path / "resumed", iteration=2), config)
     resumed = trial.LocalRun(tmp_path / "resumed", keep=10)
     resumed_reports = run_trial(resumed, config)
 
-    assert [r["iteration"] for r in straight_reports] == [4, 8, 12]
-    assert [r["iteration"] for r in resumed_reports] == [4, 8, 12]  # one report before the stop, two after
+    assert [r["iteration"] for r in straight_reports] == [2, 4, 6]
+    assert [r["iteration"] for r in resumed_reports] == [2, 4, 6]  # one report before the stop, two after
     for before, after in zip(straight_reports, resumed_reports):
         assert after["loss"] == pytest.approx(before["loss"], rel=1e-5)
         assert after["mAP50"] == pytest.approx(before["mAP50"], abs=1e-6)

@@ -38,7 +38,7 @@ def test_trial_learns_and_reports_a_checkpoint_every_epoch(straight_run):
     assert mAP50[-1] > 0.04 and mAP50[-1] > mAP50[0] + 0.03, mAP50  # seen here: 0.000 0.053 0.086
     assert reports[-1]["train/box_loss"] < reports[0]["train/box_loss"]
     for report in reports:
-        assert set(report) >= {"mAP50", "mAP50_95", "epoch", "AP50/battery", "lr", "train_images_per_second"}
+        assert set(report) >= {"mAP50", "mAP50_95", "epoch", "AP50/battery", "lr", "images_per_sec"}
         meta = json.loads((run.run_dir / report["checkpoint"] / "detfuse.json").read_text())
         assert meta["family"] == "yolov5" and meta["architecture"] == "yolov5n"
         assert meta["epoch"] == report["epoch"] and meta["metrics"]["mAP50"] == report["mAP50"]

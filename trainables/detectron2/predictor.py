@@ -5,7 +5,6 @@ The same class scores the model on the validation split during training and serv
 and resized as detectron2's test-time DatasetMapper does (shortest edge to the config's test size).
 """
 
-
 import torch
 
 from detfuse import checkpoint_meta

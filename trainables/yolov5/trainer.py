@@ -144,7 +144,7 @@ class YoloTrialTrainer(DetectionTrainer):
             "epoch": float(finished),  # one epoch draws as many images as the training set holds
             **self.label_loss_items(self.tloss, prefix="train"),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "train_images_per_second": len(self.train_loader.dataset) / self.epoch_seconds,
+            "images_per_sec": len(self.train_loader.dataset) / self.epoch_seconds,
             "evaluation_seconds": time.perf_counter() - started,
         }
         return evaluation.as_metrics(), evaluation.mAP50_95
