@@ -15,18 +15,40 @@ from pathlib import Path
 
 import pytest
 import ray
+import yaml
 
 from ray_jobs.tune import run_tune
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo.yaml"
 
 
-def experiment_overrides(dataset, storage, name, samples=3):
-    return [f"name={name}", f"dataset={dataset}", f"storage={storage}",
-            f"spaces.0.num_samples={samples}", f"spaces.1.num_samples={samples}",
-            "scheduler.max_epochs=4", "scheduler.grace_epochs=1", "scheduler.reduction_factor=2",
-            "max_failures=3"]
+# Two detectron2 spaces in one family: one that learns (found to reach mAP50 ~0.02 after 100 images) and one
+# that cannot score (score_thresh 1.0 keeps no detection) and is slower (larger images), so it reaches ASHA's
+# rung after the learner and must be stopped there.
+LEARNS = {"architecture": "faster_rcnn", "budget": {"max_epochs": 4, "grace_epochs": 2},
+          "fixed": {"hparams": {"depth": 18, "norm": "GN", "image_size": 128, "batch_size": 4, "optimizer": "adamw",
+                                "lr": 0.001, "weight_decay": 0.05, "warmup_epochs": 0.1, "lr_schedule": "cosine",
+                                "anchor_sizes": [16, 32, 64, 128, 256], "fpn_channels": 64, "box_head_dim": 256,
+                                "roi_batch_size": 64, "rpn_batch_size": 64, "rpn_post_nms_topk_train": 200,
+                                "rpn_post_nms_topk_test": 200}},
+          "space": {"repeat_threshold": {"choice": [0.0, 0.1]}}}
+SCORES_NOTHING = {**LEARNS, "fixed": {"hparams": {**LEARNS["fixed"]["hparams"], "image_size": 192,
+                                                  "score_thresh": 1.0}}}
+
+
+def write_experiment(directory, dataset, storage, name, samples):
+    """An experiment config of three spaces: the two above and the demo's YOLOv5n."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "learns.yaml").write_text(yaml.safe_dump(LEARNS))
+    (directory / "scores_nothing.yaml").write_text(yaml.safe_dump(SCORES_NOTHING))
+    config = {"name": name, "dataset": str(dataset), "storage": str(storage), "max_failures": 3,
+              "scheduler": {"reduction_factor": 2, "max_epochs": 4, "grace_epochs": 2},
+              "spaces": [{"space": "learns.yaml", "num_samples": 1},
+                         {"space": "scores_nothing.yaml", "num_samples": samples - 1},
+                         {"space": "demo_yolov5n", "num_samples": samples}]}
+    path = directory / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def trial_dirs(experiment_dir):
@@ -57,7 +79,7 @@ def test_both_families_asha_and_a_lost_worker_node(cluster, small_dataset, tmp_p
     killed = threading.Event()
     killer = threading.Thread(target=kill_a_worker_once_trials_report, daemon=True)
     killer.start()
-    assert run_tune(DEMO, experiment_overrides(small_dataset, storage, "nodeloss")) == 0
+    assert run_tune(write_experiment(tmp_path / "config", small_dataset, storage, "nodeloss", samples=3)) == 0
     killer.join(timeout=1)
     assert killed.is_set(), "the worker node was never killed: the test did not exercise node loss"
 
@@ -65,7 +87,7 @@ def test_both_families_asha_and_a_lost_worker_node(cluster, small_dataset, tmp_p
     assert len(rows) == 6
     assert {r["family"] for r in rows} == {"detectron2", "yolov5"}
     assert all(r["error"] is None and r["best_mAP50"] is not None for r in rows), rows
-    assert any(r["stopped_early"] for r in rows), "ASHA stopped no trial"
+    assert any(r["stopped_early"] for r in rows), f"ASHA stopped no trial: {rows}"
     assert any(r["epochs_trained"] >= 4 - 1e-6 for r in rows), "no trial reached the budget"
     for family in ("detectron2", "yolov5"):
         best = max((r for r in rows if r["family"] == family), key=lambda r: r["best_mAP50"])
@@ -82,8 +104,8 @@ def test_killed_driver_resumes_without_repeating_finished_trials(cluster, small_
     storage = tmp_path / "storage"
     experiment_dir = storage / "resumed"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    command = [sys.executable, str(ROOT / "ray_jobs" / "tune.py"), str(DEMO),
-               *experiment_overrides(small_dataset, storage, "resumed", samples=2)]
+    command = [sys.executable, str(ROOT / "ray_jobs" / "tune.py"),
+               str(write_experiment(tmp_path / "config", small_dataset, storage, "resumed", samples=2))]
     driver = subprocess.Popen(command, env=env, start_new_session=True)
     deadline = time.monotonic() + 600
     finished_before = {}
