@@ -108,7 +108,8 @@ class S3Server:
         command = [str(weed_binary()), "-logtostderr", f"-config_dir={self.directory}", "server",
                    f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                    "-s3", f"-s3.config={identities}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                   "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=100",
+                   # every bucket is a collection that grows 7 volumes at once: room for a session's buckets
+                   "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=2000",
                    *(f"-{flag}={port}" for flag, port in self.ports.items())]
         with open(self.directory / "weed.log", "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
