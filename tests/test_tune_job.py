@@ -55,6 +55,17 @@ def trial_dirs(experiment_dir):
     return sorted(p for p in Path(experiment_dir).iterdir() if p.is_dir() and (p / "params.json").exists())
 
 
+def latest_epochs(experiment_dir):
+    epochs = {}
+    for trial in trial_dirs(experiment_dir):
+        lines = (trial / "result.json").read_text().splitlines() if (trial / "result.json").exists() else []
+        try:
+            epochs[trial.name] = json.loads(lines[-1]).get("epoch", 0) if lines else 0
+        except json.JSONDecodeError:  # a line being written
+            epochs[trial.name] = 0
+    return epochs
+
+
 def result_counts(experiment_dir):
     return {p.name: len((p / "result.json").read_text().splitlines()) if (p / "result.json").exists() else 0
             for p in trial_dirs(experiment_dir)}
@@ -67,17 +78,19 @@ def test_both_families_asha_and_a_lost_worker_node(cluster, small_dataset, tmp_p
     storage = tmp_path / "storage"
     experiment_dir = storage / "nodeloss"
 
-    def kill_a_worker_once_trials_report():
+    def kill_a_worker_past_the_rung():
+        """Kill a worker node mid-run, once a trial is past ASHA's rung (epoch 2): node loss delays restarted
+        trials, and before the rung it could reorder their arrival there."""
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            if experiment_dir.exists() and sum(result_counts(experiment_dir).values()) >= 2:
+            if experiment_dir.exists() and max(latest_epochs(experiment_dir).values(), default=0) >= 3:
                 ray_cluster.remove_node(workers[0], allow_graceful=False)
                 killed.set()
                 return
             time.sleep(1)
 
     killed = threading.Event()
-    killer = threading.Thread(target=kill_a_worker_once_trials_report, daemon=True)
+    killer = threading.Thread(target=kill_a_worker_past_the_rung, daemon=True)
     killer.start()
     assert run_tune(write_experiment(tmp_path / "config", small_dataset, storage, "nodeloss", samples=3)) == 0
     killer.join(timeout=1)
