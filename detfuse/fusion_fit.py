@@ -70,22 +70,37 @@ def _weights_of(params, count):
     return list(params.weights) if params.weights is not None else [1.0] * count
 
 
-def fit_ensemble(inputs: FusionInputs, coco_gt, image_ids, method="wbf", candidates=None) -> FittedEnsemble:
+def fit_ensemble(inputs: FusionInputs, coco_gt, image_ids, method="wbf", candidates=None,
+                 keep_one_of=()) -> FittedEnsemble:
     """Choose members among `candidates` (indexes into `inputs`, default all) and fusion parameters for `method`
-    that maximise mAP50 on `image_ids` of `coco_gt`."""
+    that maximise mAP50 on `image_ids` of `coco_gt`.
+
+    `keep_one_of`: groups of candidates (e.g. one per family) each of which keeps at least one member, so a
+    cross-family ensemble really holds every family, however the fit half happens to rank them.
+    """
     candidates = list(range(len(inputs.arrays))) if candidates is None else list(candidates)
     if not candidates:
         raise ValueError("no candidate members to fit an ensemble from")
+    groups = [list(group) for group in keep_one_of]
     score = _Scorer(inputs, coco_gt, image_ids)
     params = FusionParams.default(method)
     steps = []
 
     # Greedy forward selection, refitting the parameters after every addition: a candidate must beat the current
     # set at its best settings. (A lone model fused with default settings merges its own neighbouring boxes, so
-    # against that baseline almost any addition would look like a gain.)
+    # against that baseline almost any addition would look like a gain.) Required groups enter first, each
+    # with its best member.
     first = max(candidates, key=lambda c: score([c], params))  # the first best on ties: candidates' order
     members, best = [first], score([first], params)
     steps.append({"step": "add member", "member": inputs.member_names[first], "fit_mAP50": best})
+    for group in groups:
+        if not set(group) & set(members):
+            params, best, _ = _coordinate_search(score, members, params, best, steps)
+            grown = _with_weights(params, _weights_of(params, len(members)) + [1.0])
+            chosen = max(group, key=lambda c: score(members + [c], grown))
+            members, params, best = members + [chosen], grown, score(members + [chosen], grown)
+            steps.append({"step": "add member (required group)", "member": inputs.member_names[chosen],
+                          "fit_mAP50": best})
     while True:
         params, best, _ = _coordinate_search(score, members, params, best, steps)
         rest = [c for c in candidates if c not in members]
@@ -102,7 +117,7 @@ def fit_ensemble(inputs: FusionInputs, coco_gt, image_ids, method="wbf", candida
     # members that stopped helping once the parameters moved go, and the rest are refitted without them
     for _ in range(MAX_ROUNDS):
         members, params, best, removed = _backward_elimination(score, members, params, best, steps,
-                                                               inputs.member_names)
+                                                               inputs.member_names, groups)
         if not removed:
             break
         params, best, changed = _coordinate_search(score, members, params, best, steps)
@@ -137,13 +152,17 @@ def _coordinate_search(score, members, params, best, steps):
     return params, best, changed
 
 
-def _backward_elimination(score, members, params, best, steps, names):
-    """Drop members whose removal does not lower the fit mAP50 (ties favour the smaller ensemble)."""
+def _backward_elimination(score, members, params, best, steps, names, groups=()):
+    """Drop members whose removal does not lower the fit mAP50 (ties favour the smaller ensemble), never the
+    last member of a required group."""
     removed = False
     position = 0
     while len(members) > 1 and position < len(members):
         weights = _weights_of(params, len(members))
         rest = members[:position] + members[position + 1:]
+        if any(set(group) & set(members) and not set(group) & set(rest) for group in groups):
+            position += 1
+            continue
         trial = _with_weights(params, weights[:position] + weights[position + 1:])
         trial_score = score(rest, trial)
         if trial_score >= best:

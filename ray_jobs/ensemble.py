@@ -199,8 +199,8 @@ def _ensemble_entry(fitted, members, numbers):
 
 
 @ray.remote
-def _fit_task(inputs, coco, image_ids, method, candidates):
-    return fit_ensemble(inputs, coco, image_ids, method, candidates)
+def _fit_task(inputs, coco, image_ids, method, candidates, keep_one_of):
+    return fit_ensemble(inputs, coco, image_ids, method, candidates, keep_one_of)
 
 
 def fit_all(evaluation, members, method):
@@ -215,7 +215,9 @@ def fit_all(evaluation, members, method):
     if len(by_family) >= 2 or not searches:
         searches[None] = list(range(len(members)))  # None: every member
     inputs, coco = ray.put(fit.inputs), ray.put(fit.coco)
-    tasks = {name: _fit_task.remote(inputs, coco, fit.image_ids, method, candidates)
+    # the cross-family search must keep a member of every family: that mix is what the ensemble is for
+    required = {None: list(by_family.values())}
+    tasks = {name: _fit_task.remote(inputs, coco, fit.image_ids, method, candidates, required.get(name, ()))
              for name, candidates in searches.items()}
     fitted = dict(zip(tasks, _get(list(tasks.values()))))
     family_fits = {name: result for name, result in fitted.items() if name is not None}

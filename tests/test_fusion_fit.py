@@ -128,3 +128,17 @@ def test_fit_raises_iou_thr_above_the_overlap_of_neighbouring_objects():
     assert fitted.params.iou_thr > 0.6
     assert report(fitted.params) > report(FusionParams()) + 0.2
     assert any(step["step"] == "set iou_thr" for step in fitted.steps)
+
+
+def test_a_required_group_keeps_a_member_even_when_it_does_not_help(members):
+    """The cross-family fit keeps one member of every family: here the guesser stands alone in its 'family'
+    and would be dropped otherwise (see the test above)."""
+    coco, predictions = members
+    inputs = FusionInputs(predictions, coco["images"], CATEGORIES, ["specialist-12", "guesser", "specialist-34"])
+    fit_ids, _ = split_image_ids([image["id"] for image in coco["images"]], seed=0)
+
+    fitted = fit_ensemble(inputs, coco, fit_ids, keep_one_of=[[0, 2], [1]])
+
+    assert 1 in fitted.members
+    assert {0, 2} & set(fitted.members)
+    assert any(step["step"] == "add member (required group)" for step in fitted.steps)
