@@ -79,11 +79,12 @@ def test_both_families_asha_and_a_lost_worker_node(cluster, small_dataset, tmp_p
     experiment_dir = storage / "nodeloss"
 
     def kill_a_worker_past_the_rung():
-        """Kill a worker node mid-run, once a trial is past ASHA's rung (epoch 2): node loss delays restarted
-        trials, and before the rung it could reorder their arrival there."""
+        """Kill a worker node mid-run, once the detectron2 learner is past ASHA's rung (epoch 2): node loss delays
+        restarted trials, and before the rung it could make the non-scorers arrive there first."""
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            if experiment_dir.exists() and max(latest_epochs(experiment_dir).values(), default=0) >= 3:
+            epochs = latest_epochs(experiment_dir) if experiment_dir.exists() else {}
+            if max((e for name, e in epochs.items() if name.startswith("faster_rcnn")), default=0) >= 3:
                 ray_cluster.remove_node(workers[0], allow_graceful=False)
                 killed.set()
                 return
