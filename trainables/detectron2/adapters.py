@@ -8,6 +8,7 @@ keys the config does not have. A name an architecture does not support is an err
 This module imports detectron2 only when a config is built, so listing architectures stays cheap.
 """
 
+import abc
 import contextlib
 import logging
 import math
@@ -94,7 +95,7 @@ class Schedule:
         return cls(max_iter, min(iterations(eval_every), max_iter), warmup, tuple(steps))
 
 
-class Adapter:
+class Adapter(abc.ABC):
     """Maps one architecture's hyperparameters onto a detectron2 config built from its model-zoo file."""
 
     name: str
@@ -215,8 +216,9 @@ class Adapter:
     def anchor_generator_sizes(self, sizes):
         return [[size] for size in sizes]
 
+    @abc.abstractmethod
     def head_values(self, hparams):
-        raise NotImplementedError
+        """Config key -> value for the architecture's own head (R-CNN ROI heads, RetinaNet head)."""
 
 
 class _RCNNAdapter(Adapter):
