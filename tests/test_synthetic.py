@@ -1,4 +1,5 @@
-"""The built-in synthetic litter set: deterministic, valid COCO, imbalanced, and safe to create concurrently."""
+"""The built-in synthetic litter set: deterministic, valid COCO, imbalanced, varied in photo shape and crowding
+like real data, and safe to create concurrently."""
 
 import collections
 import hashlib
@@ -42,6 +43,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_does_not(tmp_path):
     other = generate(tmp_path / "c", seed=4, num_train=6, num_val=3, num_test=2)
     assert len(file_hashes(first)) == 3 + 11
     assert file_hashes(first) == file_hashes(second)
+    assert len({(i["width"], i["height"]) for i in load(first, "train")["images"]}) > 1  # varied sizes, too
     assert file_hashes(first)["train.json"] != file_hashes(other)["train.json"]
     assert file_hashes(first)["images/val_0000.jpg"] != file_hashes(other)["images/val_0000.jpg"]
 
@@ -54,11 +56,16 @@ def test_split_contents_do_not_depend_on_other_split_sizes(tmp_path):
         [a["bbox"] for a in load(large, "val")["annotations"]]
 
 
-def test_tiny_sets_still_hold_every_class(tmp_path):
-    root = generate(tmp_path, num_train=5, num_val=5, num_test=1, image_size=96)
+def test_tiny_sets_still_hold_every_class_at_the_smallest_size(tmp_path):
+    root = generate(tmp_path, num_train=5, num_val=5, num_test=1, image_size=64)
     for split in ("train", "val"):
-        assert {a["category_id"] for a in load(root, split)["annotations"]} == {1, 2, 3, 4, 5}
-    assert Image.open(root / "images" / "test_0000.jpg").size == (96, 96)
+        coco = load(root, split)
+        assert {a["category_id"] for a in coco["annotations"]} == {1, 2, 3, 4, 5}
+        firsts = [min((a for a in coco["annotations"] if a["image_id"] == image["id"]), key=lambda a: a["id"])
+                  for image in coco["images"]]
+        assert [a["category_id"] for a in firsts] == [1, 2, 3, 4, 5]  # image k starts with class k + 1
+    with Image.open(root / "images" / "test_0000.jpg") as picture:
+        assert max(picture.size) in (48, 64, 80, 96)  # the long side: 0.75 to 1.5 times image_size
 
 
 def test_builtin_set_is_valid_coco(builtin):
@@ -72,7 +79,7 @@ def test_builtin_set_is_valid_coco(builtin):
         image_ids |= set(images)
         for image in coco["images"]:
             with Image.open(builtin / "images" / image["file_name"]) as picture:
-                assert picture.size == (image["width"], image["height"]) == (160, 160)
+                assert picture.size == (image["width"], image["height"])
         if split == "test":
             assert "annotations" not in coco
             continue
@@ -97,7 +104,7 @@ def test_builtin_set_is_imbalanced_at_several_scales(builtin):
     in_val = collections.Counter(CLASS_NAMES[a["category_id"] - 1] for a in val)
     assert in_val["battery"] >= 5 and len(in_val) == len(CLASS_NAMES)
     long_sides = [max(a["bbox"][2:]) for a in train]
-    assert min(long_sides) < 20 and max(long_sides) > 60  # 160 px images: small and large objects
+    assert min(long_sides) < 20 and max(long_sides) > 60  # photos around 160 px: small and large objects
     per_image = collections.Counter(a["image_id"] for a in train)
     assert max(per_image.values()) >= 5 and min(per_image.values()) == 1
 
@@ -114,3 +121,31 @@ def test_builtin_set_loads_through_the_dataset_contract_without_findings(builtin
         {"train": True, "val": True, "test": False}
     val = dataset.splits["val"]
     assert val.image_path(val.coco["images"][0]).is_file()
+
+
+def test_builtin_photos_come_in_several_sizes_shapes_and_both_orientations(builtin):
+    images = [image for split in ("train", "val", "test") for image in load(builtin, split)["images"]]
+    sizes = collections.Counter((image["width"], image["height"]) for image in images)
+    assert len(sizes) >= 12 and max(sizes.values()) < len(images) / 5  # no one size dominates
+    long_sides = {max(width, height) for width, height in sizes}
+    assert long_sides == {120, 160, 200, 240}  # around the default image_size of 160
+    ratios = {round(max(size) / min(size), 1) for size in sizes}
+    assert ratios == {1.0, 1.3, 1.5, 1.8}  # square, 4:3, 3:2, 16:9
+    landscape = sum(count for (width, height), count in sizes.items() if width > height)
+    portrait = sum(count for (width, height), count in sizes.items() if width < height)
+    assert landscape > portrait > len(images) / 5
+
+
+def test_builtin_set_has_some_crowded_scenes(builtin):
+    for split, least in (("train", 10), ("val", 3)):
+        coco = load(builtin, split)
+        counts = collections.Counter(a["image_id"] for a in coco["annotations"])
+        crowded = {image_id for image_id, count in counts.items() if count > 6}
+        assert least <= len(crowded) <= len(coco["images"]) / 5
+        assert all(15 <= counts[image_id] <= 30 for image_id in crowded)
+        # the objects of a crowded scene are smaller, as seen from further away
+        long_sides = {image["id"]: max(image["width"], image["height"]) for image in coco["images"]}
+        sizes = {True: [], False: []}
+        for a in coco["annotations"]:
+            sizes[a["image_id"] in crowded].append(max(a["bbox"][2:]) / long_sides[a["image_id"]])
+        assert sum(sizes[True]) / len(sizes[True]) < 0.8 * sum(sizes[False]) / len(sizes[False])

@@ -5,6 +5,10 @@ data that matter to the pipeline: an imbalanced class mix (bags common, batterie
 scales, partial overlaps and cluttered, textured ground. Every class has its own silhouette, palette and
 markings, so a model that learns shows it in mAP50 rather than in noise.
 
+Photos vary in shape as real ones do: landscape and portrait at common aspect ratios, the long side at a few sizes
+around `image_size`, and about one in ten is a crowded scene of 15-30 smaller objects. Square photos of one size
+and a handful of objects hid letterboxing and NMS bugs that real data showed at once.
+
 Drawing is deterministic: each image takes its random numbers from (seed, split, index), so the same seed
 gives byte-identical files on the same Pillow/NumPy, and changing one split's size leaves the others alone.
 """
@@ -19,12 +23,19 @@ from detfuse.data.cache import build_once, cache_root
 
 CLASS_NAMES = ("bottle", "can", "bag", "paper", "battery")  # category ids 1..5 in this order
 CLASS_SHARES = (0.22, 0.18, 0.40, 0.15, 0.05)  # like real trash data: bags dominate, batteries are rare
-BUILTIN_NAME = "builtin-litter-v1"  # change the suffix whenever the generator's output changes
+BUILTIN_NAME = "builtin-litter-v2"  # change the suffix whenever the generator's output changes
 
 _SPLITS = ("train", "val", "test")
 _SUPERSAMPLE = 4  # shapes are drawn this many times larger, then box-filtered down: smooth edges
 _MAX_OVERLAP = 0.15  # intersection over the smaller box: objects may touch and overlap a little, never hide
 _JPEG_QUALITY = 92
+_LONG_SIDES = (0.75, 1.0, 1.25, 1.5)  # a photo's long side as a share of image_size
+_ASPECTS = (1.0, 4 / 3, 3 / 2, 16 / 9)  # long over short side; with _LONG_SIDES, image_size**2 pixels on average
+_PORTRAIT = 0.4  # chance that a photo that is not square stands upright
+_CROWDED = 0.1  # share of crowded scenes: a litter pile or a beach seen from further away
+_CROWDED_OBJECTS = (15, 30)  # how many objects a crowded scene tries to place
+_CROWDED_SCALE = 0.6  # objects in a crowded scene are this much smaller, so that most of them fit
+_MIN_LENGTH = 6  # pixels: a smaller object would vanish when its sprite is filtered down
 
 
 def generate(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 60, num_test: int = 20,
@@ -32,8 +43,8 @@ def generate(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 60, nu
     """Write the dataset to `out_dir`: images/*.jpg plus train.json, val.json and test.json (COCO detection
     format, bbox = [x, y, w, h] in pixels, category ids 1..5; test.json lists images and categories only).
 
-    Image k < 5 of each split starts with an object of class k + 1, so even tiny sets contain every class;
-    all other objects follow CLASS_SHARES.
+    `image_size` sets the scale: each photo's long side is 0.75 to 1.5 times it. Image k < 5 of each split starts
+    with an object of class k + 1, so even tiny sets contain every class; all other objects follow CLASS_SHARES.
     """
     if image_size < 64:
         raise ValueError(f"image_size must be at least 64 pixels, got {image_size}")
@@ -52,7 +63,8 @@ def generate(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 60, nu
             picture, boxes = _draw_image(rng, image_size, first_class)
             file_name = f"{split}_{index:04d}.jpg"
             picture.save(image_dir / file_name, quality=_JPEG_QUALITY)
-            images.append({"id": next_image_id, "file_name": file_name, "width": image_size, "height": image_size})
+            width, height = picture.size
+            images.append({"id": next_image_id, "file_name": file_name, "width": width, "height": height})
             for class_index, (x, y, w, h) in boxes:
                 annotations.append({"id": len(annotations) + 1, "image_id": next_image_id,
                                     "category_id": class_index + 1, "bbox": [x, y, w, h], "area": w * h,
@@ -72,17 +84,24 @@ def builtin_dataset_dir() -> Path:
     return build_once(cache_root() / "datasets" / BUILTIN_NAME, generate)
 
 
-def _draw_image(rng, size, first_class):
+def _draw_image(rng, image_size, first_class):
     """One photo and its boxes [(class index, (x, y, w, h))], boxes tight around the visible shapes."""
-    canvas = _background(rng, size)
+    width, height = _frame(rng, image_size)
+    crowded = rng.random() < _CROWDED
+    if crowded:
+        count = int(rng.integers(_CROWDED_OBJECTS[0], _CROWDED_OBJECTS[1] + 1))
+    else:
+        count = int(rng.integers(1, 7))
+    scale = np.sqrt(width * height) * (_CROWDED_SCALE if crowded else 1.0)  # objects grow with the photo's size
+    canvas = _background(rng, width, height)
     boxes = []
-    for number in range(int(rng.integers(1, 7))):
+    for number in range(count):
         if number == 0 and first_class is not None:
             class_index = first_class
         else:
             class_index = int(rng.choice(len(CLASS_NAMES), p=CLASS_SHARES))
-        sprite = _sprite(rng, class_index, size)
-        placed = _place(rng, sprite, size, [box for _, box in boxes])
+        sprite = _sprite(rng, class_index, scale)
+        placed = _place(rng, sprite, width, height, [box for _, box in boxes])
         if placed is None:
             continue
         left, top, box = placed
@@ -91,16 +110,26 @@ def _draw_image(rng, size, first_class):
     return _camera(rng, canvas), boxes
 
 
-def _place(rng, sprite, size, taken):
+def _frame(rng, image_size):
+    """Width and height of one photo: landscape, portrait or square, its long side a few sizes around image_size."""
+    long_side = image_size * _LONG_SIDES[int(rng.integers(len(_LONG_SIDES)))]
+    short_side = long_side / _ASPECTS[int(rng.integers(len(_ASPECTS)))]
+    if rng.random() < _PORTRAIT:
+        return round(short_side), round(long_side)
+    return round(long_side), round(short_side)
+
+
+def _place(rng, sprite, image_width, image_height, taken):
     """A spot where the sprite fits inside the image and barely overlaps earlier objects, or None."""
     alpha = np.asarray(sprite.getchannel("A")) >= 128
     rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
     x0, x1, y0, y1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
     width, height = sprite.size
-    if width > size or height > size:
+    if width > image_width or height > image_height:
         return None
     for _ in range(30):
-        left, top = int(rng.integers(0, size - width + 1)), int(rng.integers(0, size - height + 1))
+        left = int(rng.integers(0, image_width - width + 1))
+        top = int(rng.integers(0, image_height - height + 1))
         box = (left + x0, top + y0, x1 - x0, y1 - y0)
         if all(_overlap(box, other) <= _MAX_OVERLAP for other in taken):
             return left, top, box
@@ -123,54 +152,54 @@ _GROUNDS = {  # base colour of each kind of ground
 }
 
 
-def _background(rng, size):
+def _background(rng, width, height):
     kind = list(_GROUNDS)[int(rng.integers(len(_GROUNDS)))]
     base = np.array(_GROUNDS[kind], dtype=np.float32) * rng.uniform(0.85, 1.15) + rng.normal(0, 5, 3)
-    shading = _smooth_noise(rng, size, cells=int(rng.integers(2, 6))) * rng.uniform(10, 28)
-    grain = rng.normal(0, rng.uniform(5, 12), (size, size, 1)) + rng.normal(0, 3, (size, size, 3))
+    shading = _smooth_noise(rng, width, height, cells=int(rng.integers(2, 6))) * rng.uniform(10, 28)
+    grain = rng.normal(0, rng.uniform(5, 12), (height, width, 1)) + rng.normal(0, 3, (height, width, 3))
     pixels = base + shading[..., None] + grain
     if kind in ("sand", "soil"):
-        pixels += _smooth_noise(rng, size, cells=size // 8)[..., None] * 12
+        pixels += _smooth_noise(rng, width, height, cells=max(width, height) // 8)[..., None] * 12
     if kind == "asphalt":
-        pixels += (rng.random((size, size, 1)) < 0.03) * rng.uniform(30, 60)
+        pixels += (rng.random((height, width, 1)) < 0.03) * rng.uniform(30, 60)
     picture = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert("RGBA")
     draw = ImageDraw.Draw(picture)
     if kind == "pavement":
-        _tile_joints(rng, draw, size)
+        _tile_joints(rng, draw, width, height)
     if kind == "grass":
-        _grass_blades(rng, draw, size, base)
-    _pebbles(rng, draw, size)
+        _grass_blades(rng, draw, width, height, base)
+    _pebbles(rng, draw, width, height)
     return picture
 
 
-def _smooth_noise(rng, size, cells):
-    """Noise in [-1, 1] that varies over about size/cells pixels: uneven light, stains, patches."""
+def _smooth_noise(rng, width, height, cells):
+    """Noise in [-1, 1] that varies over about 1/cells of the image: uneven light, stains, patches."""
     grid = rng.uniform(-1, 1, (cells + 1, cells + 1)).astype(np.float32)
-    return np.asarray(Image.fromarray(grid).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(grid).resize((width, height), Image.BILINEAR))
 
 
-def _tile_joints(rng, draw, size):
-    step = size / rng.uniform(2.5, 5)
+def _tile_joints(rng, draw, width, height):
+    step = max(width, height) / rng.uniform(2.5, 5)
     offset = rng.uniform(0, step, 2)
     shade = tuple(int(v) for v in rng.integers(70, 110, 3)) + (255,)
     for k in range(7):
         x, y = offset[0] + k * step, offset[1] + k * step
-        draw.line([(x, 0), (x, size)], fill=shade, width=2)
-        draw.line([(0, y), (size, y)], fill=shade, width=2)
+        draw.line([(x, 0), (x, height)], fill=shade, width=2)
+        draw.line([(0, y), (width, y)], fill=shade, width=2)
 
 
-def _grass_blades(rng, draw, size, base):
-    for _ in range(size * 2):
-        x, y = rng.uniform(0, size, 2)
+def _grass_blades(rng, draw, width, height, base):
+    for _ in range(width + height):
+        x, y = rng.uniform(0, (width, height))
         dx, dy = rng.uniform(-2, 2), rng.uniform(-7, -3)
         colour = np.clip(base * rng.uniform(0.6, 1.4) + rng.normal(0, 8, 3), 0, 255).astype(int)
         draw.line([(x, y), (x + dx, y + dy)], fill=tuple(colour.tolist()) + (255,), width=1)
 
 
-def _pebbles(rng, draw, size):
+def _pebbles(rng, draw, width, height):
     """Small stones and specks: clutter a detector must learn to ignore."""
     for _ in range(int(rng.integers(0, 7))):
-        x, y = rng.uniform(0, size, 2)
+        x, y = rng.uniform(0, (width, height))
         rx, ry = rng.uniform(1.5, 4, 2)
         grey = int(rng.integers(90, 200))
         tone = (grey, grey - int(rng.integers(0, 15)), grey - int(rng.integers(0, 30)), 255)
@@ -188,7 +217,7 @@ def _camera(rng, canvas):
 # Each sprite is drawn upright on a transparent canvas, _SUPERSAMPLE times larger than it will appear.
 # `length` is its long side in final pixels.
 
-_LENGTHS = {  # long side as a share of the image size: a range per class, so objects come at several scales
+_LENGTHS = {  # long side as a share of the photo's scale: a range per class, so objects come at several scales
     "bottle": (0.24, 0.45), "can": (0.15, 0.27), "bag": (0.20, 0.45), "paper": (0.17, 0.35),
     "battery": (0.10, 0.17),
 }
@@ -196,10 +225,10 @@ _LYING = {"bottle": 0.5, "can": 0.35, "bag": 0.0, "paper": 0.3, "battery": 0.5} 
 _TILT = {"bottle": 25, "can": 25, "bag": 180, "paper": 40, "battery": 25}  # largest further turn, degrees
 
 
-def _sprite(rng, class_index, image_size):
+def _sprite(rng, class_index, scale):
     name = CLASS_NAMES[class_index]
     low, high = _LENGTHS[name]
-    length = image_size * float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    length = max(_MIN_LENGTH, scale * float(np.exp(rng.uniform(np.log(low), np.log(high)))))
     sprite = _PAINTERS[name](rng, length * _SUPERSAMPLE)
     angle = rng.uniform(-_TILT[name], _TILT[name]) + (90 if rng.random() < _LYING[name] else 0)
     sprite = sprite.rotate(angle, resample=Image.NEAREST, expand=True)

@@ -3,11 +3,18 @@
 The same code serves the per-epoch evaluation during training (on the EMA model) and the ensemble job (on a
 checkpoint through `load_predictor`), so a checkpoint predicts at ensemble time exactly what it was scored on.
 Images are letterboxed to the square training size, as Ultralytics' predictor does with fixed shapes.
+
+Boxes are selected by `select_detections`, not Ultralytics' `non_max_suppression`: that one stops after a
+wall-clock limit and silently returns nothing for the rest of the batch, and it takes a pure-Python NMS loop
+(about 10x slower) unless something else imported torchvision first. A checkpoint's predictions would then
+depend on the machine's load and on which other models shared the process, and re-scoring it in a fresh worker
+(the ensemble job, `detfuse predict`) would not give the number its trial reported.
 """
 
 
 import numpy as np
 import torch
+import torchvision
 
 from trainables.yolov5 import environment
 
@@ -15,7 +22,7 @@ environment.configure()
 
 from ultralytics.data.augment import LetterBox  # noqa: E402  (after configure)
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
-from ultralytics.utils import nms, ops  # noqa: E402
+from ultralytics.utils import ops  # noqa: E402
 from ultralytics.utils.patches import imread  # noqa: E402
 
 from detfuse.errors import UserError  # noqa: E402
@@ -73,11 +80,9 @@ class YoloPredictor:
                                              enabled=self.device.type == "cuda"):
             for images, shapes in loader:
                 images = images.to(self.device, non_blocking=True).float() / 255
-                outputs = nms.non_max_suppression(
-                    self.model(images), self.confidence, self.iou, multi_label=True, max_det=self.max_detections,
-                )
+                outputs = select_detections(self.model(images), self.confidence, self.iou, self.max_detections)
                 for output, shape in zip(outputs, shapes):
-                    results.append(self._detections(output.float(), images.shape[2:], shape))
+                    results.append(self._detections(output, images.shape[2:], shape))
         return results
 
     def _detections(self, output, letterboxed_shape, original_shape):
@@ -87,15 +92,40 @@ class YoloPredictor:
         return [Detection(self.category_ids[c], tuple(box), score) for box, score, c in zip(boxes, scores, classes)]
 
 
+MAX_CANDIDATES = 30000  # per image, the highest-scoring (box, class) pairs that enter NMS (as in Ultralytics)
+
+
+def select_detections(raw, confidence, iou, max_detections):
+    """Per image, [x1, y1, x2, y2, score, class] rows (float32) of the detections kept from the model's raw
+    output (batch, 4 + classes, anchors; xywh boxes): every (box, class) pair scoring above `confidence`, NMS
+    within each class, the `max_detections` best. Each image is computed on its own, with no time limit, so a
+    batch gives what its images give one at a time."""
+    if isinstance(raw, (list, tuple)):  # eval mode returns (inference output, feature maps)
+        raw = raw[0]
+    selected = []
+    for anchors in raw.float().transpose(1, 2):  # (anchors, 4 + classes)
+        boxes = ops.xywh2xyxy(anchors[:, :4])
+        box_index, class_index = torch.nonzero(anchors[:, 4:] > confidence, as_tuple=True)
+        scores = anchors[box_index, 4 + class_index]
+        if scores.numel() > MAX_CANDIDATES:
+            top = scores.topk(MAX_CANDIDATES).indices
+            box_index, class_index, scores = box_index[top], class_index[top], scores[top]
+        keep = torchvision.ops.batched_nms(boxes[box_index], scores, class_index, iou)[:max_detections]
+        selected.append(torch.cat([boxes[box_index[keep]], scores[keep, None], class_index[keep, None].float()], 1))
+    return selected
+
+
 def build_model(architecture, num_classes):
     """A YOLOv5u detection model of `architecture` (e.g. yolov5s) with randomly initialised weights."""
     return DetectionModel(f"{architecture}.yaml", nc=num_classes, verbose=False)
 
 
 def load_predictor(checkpoint_dir, device="cpu"):
-    """A `YoloPredictor` for the EMA weights of a trial checkpoint directory."""
+    """A `YoloPredictor` for the EMA weights of a trial checkpoint directory. The model is not fused
+    (conv + batch norm), because the trial scored it unfused: fusing moves scores by ~1e-4, enough to reorder
+    a weak model's boxes and move its mAP50."""
     meta = checkpoint.read_meta(checkpoint_dir)
     model = build_model(meta["architecture"], len(meta["class_names"]))
     model.load_state_dict(checkpoint.read_weights(checkpoint_dir))
-    model = model.fuse(verbose=False).to(device).eval()
+    model = model.to(device).eval()
     return YoloPredictor(model, meta["hparams"]["image_size"], meta["category_ids"], device)
