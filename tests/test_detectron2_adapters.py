@@ -2,15 +2,12 @@
 
 import pytest
 import torch
+from detectron2 import model_zoo
+from detectron2.config import get_cfg
 
-from detfuse.compat import import_detectron2
 from detfuse.errors import UserError
 from trainables.detectron2 import ARCHITECTURES
 from trainables.detectron2.adapters import Schedule
-
-import_detectron2()
-from detectron2 import model_zoo  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 
 
 def build(architecture, num_classes=5, schedule=None, **hparams):
@@ -100,6 +97,19 @@ def test_retinanet_keeps_three_anchor_scales_per_level():
     sizes = build("retinanet", anchor_sizes=[16, 32, 64, 128, 256]).MODEL.ANCHOR_GENERATOR.SIZES
     assert len(sizes) == 5 and sizes[0] == pytest.approx([16, 16 * 2 ** (1 / 3), 16 * 2 ** (2 / 3)])
     assert build("faster_rcnn", anchor_sizes=[16, 32, 64, 128, 256]).MODEL.ANCHOR_GENERATOR.SIZES[0] == [16]
+
+
+def test_retinanet_head_norm_builds_normalised_subnets():
+    from detectron2.modeling import build_model
+
+    assert build("retinanet").MODEL.RETINANET.NORM == ""  # the model zoo's
+    cfg = build("retinanet", depth=18, fpn_channels=64, head_norm="GN", head_convs=2)
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    subnet = build_model(cfg).head.cls_subnet
+    assert [type(layer).__name__ for layer in subnet] == ["Conv2d", "GroupNorm", "ReLU"] * 2
+    with pytest.raises(UserError, match="head_norm GN .* multiple of 32, got 48"):
+        build("retinanet", norm="BN", fpn_channels=48, head_norm="GN")
 
 
 def test_solver_sampler_and_input_keys():

@@ -291,15 +291,25 @@ class RetinaNet(Adapter):
             H("focal_gamma", float, 2.0, "focal loss focusing exponent", low=0.0, high=10.0),
             H("topk_candidates", int, 1000, "candidates per FPN level before test-time NMS", low=1, high=100000),
             H("head_convs", int, 4, "convolutions in each of the classification and box subnets", low=0, high=16),
+            H("head_norm", str, "none", "normalisation in the subnets: none (model zoo), GN (from scratch), BN or "
+              "SyncBN", choices=("none", "GN", "BN", "SyncBN")),
         ]
+
+    def resolve(self, hparams, where, has_weights=None):
+        resolved = super().resolve(hparams, where, has_weights)
+        if resolved["head_norm"] == "GN" and resolved["fpn_channels"] % 32:
+            raise UserError(f"{where}: head_norm GN splits channels into 32 groups: 'fpn_channels' must be a "
+                            f"multiple of 32, got {resolved['fpn_channels']}")
+        return resolved
 
     def anchor_generator_sizes(self, sizes):
         # RetinaNet's model-zoo anchors: three scales per octave at every level
         return [[size * 2 ** (k / 3) for k in range(3)] for size in sizes]
 
     def head_values(self, h):
-        # The head keeps the model zoo's no-norm layers: v0.6's RetinaNetHead cannot build GN from the config
+        # From scratch, the unnormalised model-zoo subnets learn slowly: head_norm GN normalises them per level
         return {
+            "MODEL.RETINANET.NORM": "" if h["head_norm"] == "none" else h["head_norm"],
             "MODEL.RETINANET.FOCAL_LOSS_ALPHA": h["focal_alpha"],
             "MODEL.RETINANET.FOCAL_LOSS_GAMMA": h["focal_gamma"],
             "MODEL.RETINANET.TOPK_CANDIDATES_TEST": h["topk_candidates"],

@@ -75,10 +75,7 @@ def _train_worker(loop_config):
     import ray.train.torch
     import torch
 
-    from detfuse.compat import import_detectron2
     from trainables.detectron2 import trainable
-
-    import_detectron2()
 
     device = ray.train.torch.get_device()
     if device.type == "cuda":

@@ -12,15 +12,10 @@ import itertools
 
 import numpy as np
 import torch
-
-from detfuse.compat import import_detectron2
-
-import_detectron2()
-
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data.common import DatasetFromList  # noqa: E402
-from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.common import DatasetFromList
+from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
+from detectron2.utils import comm
 
 
 def register_split(dataset, split_name, dicts):

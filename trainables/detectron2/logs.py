@@ -19,9 +19,6 @@ _NOTICES = (
 def configure(verbose, rank=0):
     """Call before importing detectron2's modules (the deprecation notices fire at import)."""
     if verbose:
-        from detfuse.compat import import_detectron2
-
-        import_detectron2()
         from detectron2.utils.logger import setup_logger
 
         for name in _FRAMEWORK_LOGGERS:

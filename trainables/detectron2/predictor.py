@@ -3,23 +3,22 @@
 The same class scores the model on the validation split during training and serves the ensemble job through
 `load_predictor`, so a checkpoint predicts at ensemble time exactly what it was scored on. Images are read
 and resized as detectron2's test-time DatasetMapper does (shortest edge to the config's test size).
+
+Only images of the same resized shape share a batch: detectron2 pads a batch to its largest image, and with
+GroupNorm (whose statistics cover the padding) an image's detections would depend on its batch neighbours, so
+the trial's evaluation (sharded over DDP workers) and a re-scoring in the ensemble job would disagree.
 """
 
 import torch
+from detectron2.data import detection_utils
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
 
 from detfuse import checkpoint_meta
-from detfuse.compat import import_detectron2
-
-import_detectron2()
-
-from detectron2.data import detection_utils  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-
-from detfuse.errors import UserError  # noqa: E402
-from detfuse.evaluation import Detection  # noqa: E402
-from trainables.detectron2 import checkpoints  # noqa: E402
-from trainables.detectron2.adapters import ARCHITECTURES  # noqa: E402
+from detfuse.errors import UserError
+from detfuse.evaluation import Detection
+from trainables.detectron2 import checkpoints
+from trainables.detectron2.adapters import ARCHITECTURES
 
 
 class _TestImages(torch.utils.data.Dataset):
@@ -44,10 +43,6 @@ class _TestImages(torch.utils.data.Dataset):
                 "height": height, "width": width}
 
 
-def _as_list(items):
-    return items
-
-
 class Detectron2Predictor:
     """Runs a detectron2 model (test-time thresholds from its config) on image files."""
 
@@ -62,18 +57,26 @@ class Detectron2Predictor:
 
     def predict(self, image_paths):
         """One list of `Detection`s per image path, in the order given."""
-        loader = torch.utils.data.DataLoader(
-            _TestImages(image_paths, self.cfg), batch_size=self.batch_size, num_workers=self.workers,
-            collate_fn=_as_list, generator=torch.Generator(),
-        )
+        loader = torch.utils.data.DataLoader(_TestImages(image_paths, self.cfg), batch_size=None,
+                                             num_workers=self.workers, generator=torch.Generator())
+        results = [None] * len(loader.dataset)
+        by_shape = {}  # resized (height, width) -> [(index, model input)] waiting for a full batch
+
+        def run(batch):
+            for (index, _), output in zip(batch, self.model([inputs for _, inputs in batch])):
+                results[index] = self._detections(output["instances"])
+
         was_training = self.model.training
         self.model.eval()
-        results = []
         try:
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                for inputs in loader:
-                    for output in self.model(inputs):
-                        results.append(self._detections(output["instances"]))
+                for index, inputs in enumerate(loader):
+                    shape = tuple(inputs["image"].shape[1:])
+                    by_shape.setdefault(shape, []).append((index, inputs))
+                    if len(by_shape[shape]) == self.batch_size:
+                        run(by_shape.pop(shape))
+                for batch in by_shape.values():
+                    run(batch)
         finally:
             self.model.train(was_training)
         return results

@@ -52,9 +52,6 @@ def train(config):
 
 def run_worker(config, checkpoint_dir, report, device, progress=False):
     """Train in this process (one DDP worker, or the whole trial); `report` gets rank 0's evaluations."""
-    from detfuse.compat import import_detectron2
-
-    import_detectron2()
     from detectron2.utils import comm
 
     logs.configure(config.get("verbose", False), comm.get_rank())  # before the imports that warn

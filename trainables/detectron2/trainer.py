@@ -12,25 +12,20 @@ import time
 from dataclasses import dataclass
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetMapper
+from detectron2.engine import SimpleTrainer, hooks
+from detectron2.modeling import build_model
+from detectron2.solver import build_lr_scheduler, get_default_optimizer_params
+from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter
+from torch.nn.parallel import DistributedDataParallel
 
-from detfuse.compat import import_detectron2
-
-import_detectron2()
-
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.data import DatasetMapper  # noqa: E402
-from detectron2.engine import SimpleTrainer, hooks  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.solver import build_lr_scheduler, get_default_optimizer_params  # noqa: E402
-from detectron2.solver.build import maybe_add_gradient_clipping  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.events import CommonMetricPrinter  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-
-from detfuse.errors import UserError  # noqa: E402
-from detfuse.evaluation import Prediction, evaluate  # noqa: E402
-from trainables.detectron2 import checkpoints, loader  # noqa: E402
-from trainables.detectron2.predictor import Detectron2Predictor  # noqa: E402
+from detfuse.errors import UserError
+from detfuse.evaluation import Prediction, evaluate
+from trainables.detectron2 import checkpoints, loader
+from trainables.detectron2.predictor import Detectron2Predictor
 
 
 @dataclass
