@@ -35,7 +35,7 @@ def _ensemble(args):
 
     return run_ensemble(args.experiment, args.top, method=args.method, dataset=args.dataset,
                         gpus_per_member=args.gpus_per_member, cpus_per_member=args.cpus_per_member, seed=args.seed,
-                        verbose=args.verbose)
+                        fit_mode=args.fit_mode, verbose=args.verbose)
 
 
 def _s3_settings(args):
@@ -101,6 +101,7 @@ def _s3_arguments(parser, uploads):
 
 
 def build_parser():
+    from detfuse.ensemble_evaluation import CROSS_FIT_BELOW, FIT_MODES
     from detfuse.fusion import METHODS
 
     parser = argparse.ArgumentParser(
@@ -145,7 +146,12 @@ def build_parser():
     ensemble.add_argument("--gpus-per-member", type=float,
                           help="GPU fraction per member's inference task (default 0.25 when the cluster has GPUs)")
     ensemble.add_argument("--cpus-per-member", type=float, default=1.0, help="CPUs per inference task (default 1)")
-    ensemble.add_argument("--seed", type=int, default=0, help="seed of the split of val into fit and report halves")
+    ensemble.add_argument("--fit-mode", choices=FIT_MODES, default="auto",
+                          help="where choices are fitted and reported: cross (fit on one half of val, report on the "
+                               "other, both ways, and average), split (fit on one half, report on the other) or auto "
+                               f"(default: fit on val and report on test when test has labels, else cross below "
+                               f"{CROSS_FIT_BELOW} val images, else split)")
+    ensemble.add_argument("--seed", type=int, default=0, help="seed of the split of val into halves")
 
     export = _command(commands, "export", "write a versioned, checksummed bundle of the best checkpoints and the "
                       "ensemble to a directory or S3, then point latest.json at it", _export)

@@ -1,29 +1,62 @@
 """The ensemble job: fuse the top checkpoints of every family of a finished Tune experiment.
 
     detfuse ensemble EXPERIMENT [--top K] [--top FAMILY=K ...] [--method wbf|nms|soft_nms|nmw]
+                                [--fit-mode auto|cross|split]
     ray submit cluster.yaml ray_jobs/ensemble.py -- EXPERIMENT [...]
 
 EXPERIMENT is the experiment's URI, <storage>/<name> (local path or s3://). The job reads leaderboard.json and
 experiment.json there, runs each member's inference as a Ray task (a fraction of a GPU each when the cluster has
-GPUs), fits the fusion on one part of the labelled images and reports it on another, and writes under
-<experiment>/ensemble/: predictions/ (the per-member cache), summary.json, fusion.json, and fused_<split>.json
-(COCO results) plus fused_<split>.csv (submission format) for val and, when the dataset has one, test.
+GPUs), checks that each member's val mAP50 re-scored from its checkpoint is the one its trial reported (a WARNING
+on stderr otherwise), fits the fusion on labelled images and reports it on others (the fit modes:
+detfuse/ensemble_evaluation.py), and writes under <experiment>/ensemble/: predictions/ (the per-member cache),
+summary.json, fusion.json, and fused_<split>.json (COCO results) plus fused_<split>.csv (submission format) for
+val and, when the dataset has one, test.
+
+summary.json names sets of images by label: "val" (all of val), the parts of the fit mode ("val/A" and "val/B"
+for cross, "val/fit" and "val/report" for split, "test"), and "val/cross-fitted" (the mean over cross-fitting's
+two folds). Every "mAP50" is {label: mAP50}.
+
+    splits: {mode (cross|split|test), requested (the --fit-mode), seed, note,
+             folds: [{fit: {split: label, images}, report: {split: label, images}}],  (two for cross, else one)
+             report: {split, images}: the label of the numbers to believe, on this many images,
+             final_fit: {split, images}: where the written ensemble was fitted}
+    members: [{trial_id, family, architecture, checkpoint, leaderboard_mAP50,
+               mAP50: on "val" and on every part,
+               reported_vs_rescored: {reported, source, rescored, difference}}]: val mAP50 from the trial's report
+               (source: the checkpoint's detfuse.json metrics, else the leaderboard) against the one re-scored here
+    warnings: the WARNING lines printed, else []: members re-scored more than 0.01 from their report, or whose
+              checkpoint's report is more than 0.01 from their leaderboard best_mAP50
+    best_single: {trial_id, family, chosen_on (final_fit's label), mAP50: {final_fit label, report label},
+                  folds: [{fit, report, trial_id (the best on fit), mAP50: {fit label, report label}}]}
+    family_ensembles: {family: ENSEMBLE} (families with 2+ members)
+    cross_family: ENSEMBLE or null (needs 2+ families)
+        ENSEMBLE: {members, weights, params, candidates, families, search: the ensemble fitted on final_fit,
+                   mAP50: {final_fit label: in-sample, report label: the number to believe},
+                   folds: [{fit, report, members, weights, params, mAP50: {fit label, report label}}]}
+    final: {ensemble (cross_family, a family, or "single member"), fitted_on: {split, images}, note, fusion}
+    gains: {split: the report label, <family>_ensemble_over_best_single, cross_family_over_best_single,
+            cross_family_over_<family>_ensemble, cross_family_over_best_family_ensemble,
+            folds: [{fit, report, the same gains on that fold}]}
+    outputs: {split: {coco_results, csv, images, predictions}}
+    timing: {startup_s, inference_wall_s, inference_s, fit_s, fusion_ms_per_image, fused_members, total_s}
+
+A report number is the mean over folds of numbers scored on images the fold's choices never saw, the best single
+model included (chosen on each fold's fit part), so the gains compare like with like.
 """
 
 import json
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import ray
 
 from detfuse import experiment_storage
+from detfuse.ensemble_evaluation import Evaluation, plan_evaluation, rescore_check
 from detfuse.ensemble_outputs import coco_results, fusion_document, submission_csv
 from detfuse.errors import UserError
-from detfuse.evaluation import evaluate
 from detfuse.fusion import METHODS, FusionInputs
-from detfuse.fusion_fit import fit_ensemble, split_image_ids
+from detfuse.fusion_fit import fit_ensemble
 from detfuse.leaderboard import read_leaderboard, top_per_family
 from detfuse.member_predictions import (Member, as_predictions, cache_key, cache_uri, predict_member,
                                         read_cached, read_checkpoint_meta, write_cached)
@@ -105,10 +138,12 @@ def _get(refs, context=""):
 
 def member_predictions(experiment_uri, members, dataset, dataset_spec, split_names, resources):
     """{(trial_id, split): [Prediction]} for every member and split: read from the cache, else run as Ray tasks
-    (all at once, spread over the cluster), each result cached as soon as it arrives."""
-    predictions, inference_s, pending = {}, {}, {}
+    (all at once, spread over the cluster), each result cached as soon as it arrives. Also returns the inference
+    seconds and each member's checkpoint detfuse.json text."""
+    predictions, inference_s, pending, metas = {}, {}, {}, {}
     for member in members:
         meta = read_checkpoint_meta(member, dataset)
+        metas[member.trial_id] = meta
         missing = []
         for split_name in split_names:
             key = cache_key(member, meta, dataset.fingerprint, split_name)
@@ -133,69 +168,21 @@ def member_predictions(experiment_uri, members, dataset, dataset_spec, split_nam
                          dataset.fingerprint, rows, seconds)
             predictions[(member.trial_id, split_name)] = as_predictions(rows)
             inference_s[f"{member.trial_id}/{split_name}"] = seconds
-    return predictions, inference_s
+    return predictions, inference_s, metas
 
 
-def _mAP50(coco_gt, predictions, image_ids):
-    return evaluate(coco_gt, predictions, image_ids=image_ids).mAP50
-
-
-class Part(NamedTuple):
-    """A set of labelled images numbers are computed on, named as the summary names it (val/fit, test...)."""
-    label: str
-    split: str  # the dataset split the images belong to
-    coco: dict
-    inputs: FusionInputs
-    image_ids: list
-
-
-class _Evaluation:
-    """Where numbers come from: the fit part (choices) and the report part (the numbers to believe)."""
-
-    def __init__(self, dataset, predictions, members, seed):
-        self.val = dataset.splits["val"]
-        self.test = dataset.splits.get("test")
-        names = [member.trial_id for member in members]
-        self.val_inputs = FusionInputs([predictions[(name, "val")] for name in names], self.val.coco["images"],
-                                       dataset.category_ids, names)
-        val_ids = [int(image["id"]) for image in self.val.coco["images"]]
-        self.test_inputs = None
-        if self.test is not None:
-            self.test_inputs = FusionInputs([predictions[(name, "test")] for name in names],
-                                            self.test.coco["images"], dataset.category_ids, names)
-        if self.test is not None and self.test.has_annotations:
-            self.fit = Part("val", "val", self.val.coco, self.val_inputs, val_ids)
-            self.report = Part("test", "test", self.test.coco, self.test_inputs,
-                               [int(image["id"]) for image in self.test.coco["images"]])
-            self.split_note = "fitted on all of val, reported on the labelled test split"
-        else:
-            fit_ids, report_ids = split_image_ids(val_ids, seed)
-            self.fit = Part("val/fit", "val", self.val.coco, self.val_inputs, fit_ids)
-            self.report = Part("val/report", "val", self.val.coco, self.val_inputs, report_ids)
-            self.split_note = (f"val split in two by seed {seed}: choices fitted on val/fit, numbers to believe on "
-                               f"val/report")
-
-    def member_numbers(self, predictions):
-        """A member's mAP50 on all of val, the fit part and the report part; `predictions`: {split: [...]}."""
-        numbers = {"val": _mAP50(self.val.coco, predictions["val"], None)}
-        for part in (self.fit, self.report):
-            numbers[part.label] = _mAP50(part.coco, predictions[part.split], part.image_ids)
-        return numbers
-
-    def ensemble_numbers(self, fitted):
-        report = self.report
-        return {self.fit.label: fitted.fit_mAP50,
-                report.label: _mAP50(report.coco, report.inputs.fuse(fitted.params, fitted.members,
-                                                                      report.image_ids), report.image_ids)}
-
-
-def _ensemble_entry(fitted, members, numbers):
-    weights = fitted.params.weights or (1.0,) * len(fitted.members)
-    return {"members": [members[m].trial_id for m in fitted.members],
-            "candidates": [members[m].trial_id for m in fitted.candidates],
-            "families": sorted({members[m].family for m in fitted.members}),
-            "weights": [float(w) for w in weights], "params": {**fitted.params.as_dict(), "weights": None},
-            "mAP50": numbers, "search": {"fusions_scored": fitted.evaluations, "steps": fitted.steps}}
+def member_entries(evaluation, members, predictions, metas, split_names):
+    """summary.json's member entries, and the WARNING lines of members whose re-scored val mAP50 is not the one
+    their trial reported (printed to stderr as soon as they are known)."""
+    entries, warnings = [], []
+    for member in members:
+        numbers = evaluation.member_mAP50({name: predictions[(member.trial_id, name)] for name in split_names})
+        check, lines = rescore_check(member, metas[member.trial_id], numbers["val"])
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
+        warnings += lines
+        entries.append({**member.as_dict(), "mAP50": numbers, "reported_vs_rescored": check})
+    return entries, warnings
 
 
 @ray.remote
@@ -206,59 +193,50 @@ def _fit_task(inputs, coco, image_ids, method, candidates, keep_one_of):
 def fit_all(evaluation, members, method):
     """Same-family ensembles (families with 2+ members), the cross-family one (2+ families), and the final
     ensemble whose outputs are written: the cross-family one, else the one family's, else the lone member fused.
-    The fits are independent Ray tasks, so they run side by side on the cluster's CPUs."""
-    fit = evaluation.fit
+    Each is fitted on every fit part of the plan, as {part label: FittedEnsemble}; returns ({family: those},
+    the cross-family's or None, the final one's). The fits are independent Ray tasks, so they run side by side on
+    the cluster's CPUs."""
     by_family = {}
     for index, member in enumerate(members):
         by_family.setdefault(member.family, []).append(index)
     searches = {family: indexes for family, indexes in by_family.items() if len(indexes) >= 2}
     if len(by_family) >= 2 or not searches:
         searches[None] = list(range(len(members)))  # None: every member
-    inputs, coco = ray.put(fit.inputs), ray.put(fit.coco)
+    parts = evaluation.plan.fit_parts()
+    data = {split: (ray.put(evaluation.inputs[split]), ray.put(evaluation.coco[split]))
+            for split in {part.split for part in parts}}
     # the cross-family search must keep a member of every family: that mix is what the ensemble is for
     required = {None: list(by_family.values())}
-    tasks = {name: _fit_task.remote(inputs, coco, fit.image_ids, method, candidates, required.get(name, ()))
-             for name, candidates in searches.items()}
-    fitted = dict(zip(tasks, _get(list(tasks.values()))))
-    family_fits = {name: result for name, result in fitted.items() if name is not None}
+    tasks = {(name, part.label): _fit_task.remote(*data[part.split], part.image_ids, method, candidates,
+                                                  required.get(name, ()))
+             for name, candidates in searches.items() for part in parts}
+    results = dict(zip(tasks, _get(list(tasks.values()))))
+    fitted = {name: {part.label: results[(name, part.label)] for part in parts} for name in searches}
+    family_fits = {name: fits for name, fits in fitted.items() if name is not None}
     cross = fitted.get(None) if len(by_family) >= 2 else None
     final = fitted.get(None) or next(iter(family_fits.values()))
     return family_fits, cross, final
 
 
-def write_outputs(ensemble_uri, evaluation, final, dataset):
+def write_outputs(ensemble_uri, data, inputs, final):
     """fused_<split>.json and .csv for val and (when present) test; returns their URIs and fusion ms/image."""
     outputs, timings = {}, {}
-    for split_name, split, inputs in (("val", evaluation.val, evaluation.val_inputs),
-                                      ("test", evaluation.test, evaluation.test_inputs)):
-        if split is None:
-            continue
+    for split_name, split_inputs in inputs.items():
+        images = data.splits[split_name].coco["images"]
         start = time.perf_counter()
-        fused = inputs.fuse(final.params, final.members)
-        timings[split_name] = 1000 * (time.perf_counter() - start) / max(1, len(split.coco["images"]))
+        fused = split_inputs.fuse(final.params, final.members)
+        timings[split_name] = 1000 * (time.perf_counter() - start) / max(1, len(images))
         json_uri = experiment_storage.join(ensemble_uri, f"fused_{split_name}.json")
         csv_uri = experiment_storage.join(ensemble_uri, f"fused_{split_name}.csv")
         experiment_storage.write_text(json_uri, json.dumps(coco_results(fused)))
-        experiment_storage.write_text(csv_uri, submission_csv(fused, split.coco["images"], dataset.category_ids))
-        outputs[split_name] = {"coco_results": json_uri, "csv": csv_uri, "images": len(split.coco["images"]),
+        experiment_storage.write_text(csv_uri, submission_csv(fused, images, data.category_ids))
+        outputs[split_name] = {"coco_results": json_uri, "csv": csv_uri, "images": len(images),
                                "predictions": len(fused)}
     return outputs, timings
 
 
-def _gains(best_single, families, cross, label):
-    """mAP50 differences on the report split: what each ensemble adds over the best single model, and what mixing
-    families adds over the best same-family ensemble."""
-    gains = {f"{family}_ensemble_over_best_single": e["mAP50"][label] - best_single for family, e in families.items()}
-    if cross is not None:
-        gains["cross_family_over_best_single"] = cross["mAP50"][label] - best_single
-        if families:
-            gains["cross_family_over_best_family_ensemble"] = cross["mAP50"][label] - max(
-                e["mAP50"][label] for e in families.values())
-    return gains
-
-
 def run_ensemble(experiment_uri, top=(), method="wbf", dataset=None, gpus_per_member=None, cpus_per_member=1.0,
-                 seed=0, verbose=False):
+                 seed=0, fit_mode="auto", verbose=False):
     """`detfuse ensemble`: see the module docstring. `top` holds --top values; returns the exit code."""
     from detfuse.data import load_dataset
 
@@ -275,58 +253,58 @@ def run_ensemble(experiment_uri, top=(), method="wbf", dataset=None, gpus_per_me
     members = select_members(read_leaderboard(experiment_uri), default_k, per_family, leaderboard_uri)
     dataset_spec = experiment_dataset(experiment_uri, dataset)
     data = load_dataset(dataset_spec)
-    if not data.splits["val"].has_annotations:
-        raise UserError(f"{data.splits['val'].json_path}: the val split has no annotations; the ensemble is fitted "
-                        f"on it")
+    val, test = data.splits["val"], data.splits.get("test")
+    if not val.has_annotations:
+        raise UserError(f"{val.json_path}: the val split has no annotations; the ensemble is fitted on it")
+    plan = plan_evaluation(fit_mode, [image["id"] for image in val.coco["images"]],
+                           [image["id"] for image in test.coco["images"]] if test and test.has_annotations else None,
+                           seed)
     split_names = [name for name in ("val", "test") if name in data.splits]
 
     connect(verbose)
     resources = task_resources(gpus_per_member, cpus_per_member)
     connected = time.perf_counter()
-    predictions, inference_s = member_predictions(experiment_uri, members, data, dataset_spec, split_names,
-                                                  resources)
+    predictions, inference_s, metas = member_predictions(experiment_uri, members, data, dataset_spec, split_names,
+                                                         resources)
     inference_done = time.perf_counter()
 
-    evaluation = _Evaluation(data, predictions, members, seed)
-    member_entries = []
-    for member in members:
-        by_split = {name: predictions[(member.trial_id, name)] for name in split_names}
-        member_entries.append({**member.as_dict(), "mAP50": evaluation.member_numbers(by_split)})
-    fit_label, report_label = evaluation.fit.label, evaluation.report.label
-    best = max(member_entries, key=lambda entry: entry["mAP50"][fit_label])
-    family_fits, cross, final = fit_all(evaluation, members, method)
+    names, families = [m.trial_id for m in members], [m.family for m in members]
+    inputs = {split: FusionInputs([predictions[(name, split)] for name in names], data.splits[split].coco["images"],
+                                  data.category_ids, names) for split in split_names}
+    evaluation = Evaluation(plan, {split: data.splits[split].coco for split in split_names}, inputs)
+    members_summary, warnings = member_entries(evaluation, members, predictions, metas, split_names)
+    family_fits, cross, final_fits = fit_all(evaluation, members, method)
     fitted_done = time.perf_counter()
 
-    def entry(fitted):
-        return None if fitted is None else _ensemble_entry(fitted, members, evaluation.ensemble_numbers(fitted))
-
-    families = {family: entry(fitted) for family, fitted in family_fits.items()}
-    cross_entry = entry(cross)
-    final_entry = cross_entry or next(iter(families.values()), None) or entry(final)
+    family_entries = {family: evaluation.ensemble_entry(fits, names, families) for family, fits in family_fits.items()}
+    cross_entry = None if cross is None else evaluation.ensemble_entry(cross, names, families)
+    final_name = "cross_family" if cross_entry else next(iter(family_entries), None) or "single member"
+    final_entry = cross_entry or next(iter(family_entries.values()), None) or evaluation.ensemble_entry(
+        final_fits, names, families)
+    final = final_fits[plan.final.label]
+    best = evaluation.best_single(members_summary)
     ensemble_uri = experiment_storage.join(experiment_uri, "ensemble")
-    outputs, fusion_ms = write_outputs(ensemble_uri, evaluation, final, data)
-    final_members = [members[m] for m in final.members]
+    outputs, fusion_ms = write_outputs(ensemble_uri, data, inputs, final)
     provenance = {"dataset": {"spec": dataset_spec, "name": data.name, "fingerprint": data.fingerprint},
-                  "fitted_on": {"split": fit_label, "images": len(evaluation.fit.image_ids), "seed": seed},
-                  "reported": {"split": report_label, "images": len(evaluation.report.image_ids),
-                               "mAP50": final_entry["mAP50"][report_label]},
+                  "fitted_on": {**plan.final.as_dict(), "seed": seed, "fit_mode": plan.mode},
+                  "reported": {"split": plan.report_label, "images": plan.report_images,
+                               "mAP50": final_entry["mAP50"][plan.report_label]},
                   "experiment": experiment_uri}
     fusion_uri = experiment_storage.join(ensemble_uri, "fusion.json")
     experiment_storage.write_text(fusion_uri, json.dumps(fusion_document(
-        final_members, final.params, data.class_names, data.category_ids, **provenance), indent=2))
+        [members[m] for m in final.members], final.params, data.class_names, data.category_ids, **provenance),
+        indent=2))
     summary = {
         "experiment": experiment_uri, "method": method, "dataset": provenance["dataset"],
-        "splits": {"fit": provenance["fitted_on"], "report": {"split": report_label,
-                                                              "images": len(evaluation.report.image_ids)},
-                   "note": evaluation.split_note},
-        "members": member_entries,
-        "best_single": {"trial_id": best["trial_id"], "family": best["family"], "chosen_on": fit_label,
-                        "mAP50": {label: best["mAP50"][label] for label in (fit_label, report_label)}},
-        "family_ensembles": families,
+        "splits": plan.as_dict(),
+        "members": members_summary,
+        "warnings": warnings,
+        "best_single": best,
+        "family_ensembles": family_entries,
         "cross_family": cross_entry,
-        "final": {"ensemble": "cross_family" if cross_entry else (next(iter(families), None) or "single member"),
+        "final": {"ensemble": final_name, "fitted_on": plan.final.as_dict(), "note": plan.final_note,
                   "fusion": fusion_uri},
-        "gains": {"split": report_label, **_gains(best["mAP50"][report_label], families, cross_entry, report_label)},
+        "gains": evaluation.gains(best, family_entries, cross_entry),
         "outputs": outputs,
         "timing": {"startup_s": connected - started, "inference_wall_s": inference_done - connected,
                    "inference_s": inference_s, "fit_s": fitted_done - inference_done,
@@ -344,32 +322,54 @@ def print_summary(summary, summary_uri, stream=None):
 
     stream = stream or sys.stdout  # looked up now: whoever redirected it since import (pytest, a caller) gets it
 
-    fit_label, report_label = summary["splits"]["fit"]["split"], summary["splits"]["report"]["split"]
-    labels = ["val"] + [label for label in (fit_label, report_label) if label != "val"]
-    print(f"\nensemble of {summary['experiment']} ({summary['splits']['note']})", file=stream)
-    rows = [[m["trial_id"], m["family"], m["architecture"], *(f"{m['mAP50'][label]:.4f}" for label in labels)]
-            for m in summary["members"]]
-    print(tabulate(rows, headers=["member", "family", "architecture", *(f"mAP50 {label}" for label in labels)],
+    splits = summary["splits"]
+    final_label, report_label, folds = splits["final_fit"]["split"], splits["report"]["split"], splits["folds"]
+    parts = list(dict.fromkeys(label for fold in folds for label in (fold["fit"]["split"], fold["report"]["split"])))
+    print(f"\nensemble of {summary['experiment']} ({splits['note']})", file=stream)
+    rows = []
+    for m in summary["members"]:
+        check = m["reported_vs_rescored"]
+        rows.append([m["trial_id"], m["family"], m["architecture"], f"{check['reported']:.4f}",
+                     f"{check['rescored']:.4f}", f"{check['difference']:+.4f}",
+                     *(f"{m['mAP50'][label]:.4f}" for label in parts if label != "val")])
+    print(tabulate(rows, headers=["member", "family", "architecture", "mAP50 reported", "mAP50 val (re-scored)",
+                                  "difference", *(f"mAP50 {label}" for label in parts if label != "val")],
                    disable_numparse=True), file=stream)
+
+    several = len(folds) > 1  # a column per fold; with one fold, its report column is the number to believe
+
+    def numbers(entry):
+        per_fold = [f"{fold['mAP50'][fold['report']]:.4f}" for fold in entry["folds"]] if several else []
+        return [f"{entry['mAP50'][final_label]:.4f}", *per_fold, f"{entry['mAP50'][report_label]:.4f}"]
+
     best = summary["best_single"]
-    best_report = best["mAP50"][report_label]
-    table = [[f"best single ({best['trial_id']})", f"1 of {len(summary['members'])}", "-", f"{best['mAP50'][fit_label]:.4f}",
-              f"{best_report:.4f}", "-"]]
+    chosen = ", ".join(dict.fromkeys([fold["trial_id"] for fold in best["folds"]] + [best["trial_id"]]))
+    table = [[f"best single ({chosen})", f"1 of {len(summary['members'])}", "-", *numbers(best), "-"]]
     named = [(f"{family} ensemble", e) for family, e in sorted(summary["family_ensembles"].items())]
     if summary["cross_family"] is not None:
         named.append(("cross-family ensemble", summary["cross_family"]))
     for name, e in named:
-        table.append([name, f"{len(e['members'])} of {len(e['candidates'])}", e["params"]["method"], f"{e['mAP50'][fit_label]:.4f}",
-                      f"{e['mAP50'][report_label]:.4f}", f"{e['mAP50'][report_label] - best_report:+.4f}"])
-    print("\n" + tabulate(table, headers=["", "members", "method", f"mAP50 {fit_label} (fitted)",
-                                          f"mAP50 {report_label}", "gain over best single"],
-                            disable_numparse=True), file=stream)
+        table.append([name, f"{len(e['members'])} of {len(e['candidates'])}", e["params"]["method"], *numbers(e),
+                      f"{e['mAP50'][report_label] - best['mAP50'][report_label]:+.4f}"])
+    fold_headers = [f"mAP50 {fold['report']['split']} (fitted on {fold['fit']['split']})" for fold in folds]
+    headers = ["", "members", "method", f"mAP50 {final_label} (fitted)", *(fold_headers if several else []),
+               f"mAP50 {report_label}", "gain over best single"]
+    print("\n" + tabulate(table, headers=headers, disable_numparse=True), file=stream)
+    print(file=stream)
+    for name, gain in summary["gains"].items():
+        if name not in ("split", "folds"):
+            per_fold = ", ".join(f"{fold[name]:+.4f} on {fold['report']}" for fold in summary["gains"]["folds"])
+            print(f"{name}: {gain:+.4f} on {report_label}" + (f" ({per_fold})" if several else ""), file=stream)
+    final = summary["final"]
+    print(f"\nwritten ensemble ({final['ensemble']}): {final['note']}", file=stream)
+    for line in summary["warnings"]:
+        print(line, file=stream)
     timing = summary["timing"]
     per_image = ", ".join(f"{split} {ms:.1f} ms" for split, ms in timing["fusion_ms_per_image"].items())
     print(f"\nfused {timing['fused_members']} member(s): {per_image} per image; job {timing['total_s']:.1f} s "
           f"(start-up {timing['startup_s']:.1f} s, inference {timing['inference_wall_s']:.1f} s, fitting "
           f"{timing['fit_s']:.1f} s)\n"
-          f"summary: {summary_uri}\nfusion:  {summary['final']['fusion']}", file=stream)
+          f"summary: {summary_uri}\nfusion:  {final['fusion']}", file=stream)
 
 
 def main(argv=None):

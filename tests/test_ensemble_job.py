@@ -14,11 +14,16 @@ import pytest
 import ray
 
 from detfuse import experiment_storage
+from detfuse.cli import build_parser
 from detfuse.data import load_dataset
 from detfuse.data.synthetic import generate
+from detfuse.ensemble_evaluation import plan_evaluation
 from detfuse.ensemble_outputs import read_fusion_spec
 from detfuse.errors import UserError
 from detfuse.evaluation import Prediction, evaluate
+from detfuse.experiment_config import load_experiment
+from detfuse.fusion import FusionInputs, FusionParams
+from detfuse.member_predictions import as_predictions
 from detfuse.storage.s3 import upload_directory
 from ray_jobs.ensemble import parse_top, run_ensemble, select_members
 
@@ -78,6 +83,16 @@ def test_an_experiment_without_leaderboard_is_explained(tmp_path):
         run_ensemble(str(tmp_path))
 
 
+def test_fit_mode_is_an_option_of_the_command_and_of_the_experiment():
+    assert build_parser().parse_args(["ensemble", "exp"]).fit_mode == "auto"
+    assert build_parser().parse_args(["ensemble", "exp", "--fit-mode", "cross"]).fit_mode == "cross"
+    demo = ROOT / "configs" / "demo.yaml"
+    assert load_experiment(demo).ensemble_fit_mode == "auto"
+    assert load_experiment(demo, ["ensemble.fit_mode=split"]).ensemble_fit_mode == "split"
+    with pytest.raises(UserError, match="ensemble.fit_mode must be one of auto, cross, split .*got 'both'"):
+        load_experiment(demo, ["ensemble.fit_mode=both"])
+
+
 def read_json(path):
     return json.loads(Path(path).read_text())
 
@@ -86,66 +101,160 @@ def cache_files(experiment_uri):
     return {p.name: p.stat().st_mtime_ns for p in (Path(experiment_uri) / "ensemble" / "predictions").iterdir()}
 
 
+def cached_val_predictions(experiment_uri, trial_id):
+    return as_predictions(read_json(Path(experiment_uri) / "ensemble" / "predictions" / f"{trial_id}-val.json")
+                          ["predictions"])
+
+
+def fold_report(experiment_uri, dataset, fold_entry, fold):
+    """mAP50 on the fold's report half of the fold's ensemble, re-fused from the members' cached predictions."""
+    val = dataset.splits["val"]
+    inputs = FusionInputs([cached_val_predictions(experiment_uri, trial_id) for trial_id in fold_entry["members"]],
+                          val.coco["images"], dataset.category_ids)
+    weights = fold_entry["weights"]
+    params = FusionParams(**{**fold_entry["params"], "weights": None if len(set(weights)) <= 1 else tuple(weights)})
+    return evaluate(val.coco, inputs.fuse(params, image_ids=fold.report.image_ids),
+                    image_ids=fold.report.image_ids).mAP50
+
+
 @pytest.mark.slow
 def test_ensemble_of_both_families(experiment, capsys):
     experiment_uri, dataset_dir = experiment
     leaderboard = {row["trial_id"]: row for row in read_json(Path(experiment_uri) / "leaderboard.json")}
     assert run_ensemble(experiment_uri, top=["2"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     summary = read_json(Path(experiment_uri) / "ensemble" / "summary.json")
     dataset = load_dataset(str(dataset_dir))
     val, test = dataset.splits["val"], dataset.splits["test"]
     val_ids = [image["id"] for image in val.coco["images"]]
 
-    # members: two of each family, each scored on all of val and on both halves; the leaderboard's own val
-    # mAP50 is reproduced from the checkpoint, so the ensemble compares like with like
+    # 24 val images and no test labels: cross-fitted on two halves of val, the written ensemble fitted on all of it
+    splits = summary["splits"]
+    assert (splits["mode"], splits["requested"]) == ("cross", "auto")
+    assert [(f["fit"]["split"], f["report"]["split"]) for f in splits["folds"]] == [("val/A", "val/B"),
+                                                                                      ("val/B", "val/A")]
+    assert splits["folds"][0]["fit"]["images"] + splits["folds"][0]["report"]["images"] == len(val_ids)
+    assert splits["report"] == {"split": "val/cross-fitted", "images": len(val_ids)}
+    assert splits["final_fit"] == {"split": "val", "images": len(val_ids)}
+    plan = plan_evaluation("cross", val_ids, None, splits["seed"])
+
+    # members: two of each family, each scored on all of val and on both halves; the number its trial reported
+    # (its checkpoint's own) is reproduced from the checkpoint, so the ensemble compares like with like
     assert {m["family"] for m in summary["members"]} == FAMILIES and len(summary["members"]) == 4
-    assert summary["splits"]["fit"]["split"] == "val/fit" and summary["splits"]["report"]["split"] == "val/report"
-    assert summary["splits"]["fit"]["images"] + summary["splits"]["report"]["images"] == len(val_ids)
     for member in summary["members"]:
-        assert set(member["mAP50"]) == {"val", "val/fit", "val/report"}
-        assert member["mAP50"]["val"] == pytest.approx(leaderboard[member["trial_id"]]["best_mAP50"], abs=1e-4)
+        assert set(member["mAP50"]) == {"val", "val/A", "val/B"}
+        check = member["reported_vs_rescored"]
+        assert check["source"] == "checkpoint detfuse.json metrics"
+        assert check["reported"] == pytest.approx(leaderboard[member["trial_id"]]["best_mAP50"])
+        assert check["rescored"] == member["mAP50"]["val"]
+        assert abs(check["difference"]) < 1e-4
+    assert summary["warnings"] == [] and "WARNING" not in captured.err + printed
+
+    # the best single model is chosen on each fit half and scored on the other
+    best = summary["best_single"]
+    for fold, chosen in zip(splits["folds"], best["folds"]):
+        fit, report = fold["fit"]["split"], fold["report"]["split"]
+        top = max(summary["members"], key=lambda m: m["mAP50"][fit])
+        assert chosen["trial_id"] == top["trial_id"] and chosen["mAP50"][report] == top["mAP50"][report]
+    assert best["mAP50"]["val/cross-fitted"] == pytest.approx(
+        sum(f["mAP50"][f["report"]] for f in best["folds"]) / 2)
+
     assert set(summary["family_ensembles"]) == FAMILIES
     for family, ensemble in summary["family_ensembles"].items():
-        assert ensemble["families"] == [family] and set(ensemble["mAP50"]) == {"val/fit", "val/report"}
+        assert ensemble["families"] == [family] and set(ensemble["mAP50"]) == {"val", "val/cross-fitted"}
+        assert len(ensemble["folds"]) == 2
     cross = summary["cross_family"]
     assert cross is not None and summary["final"]["ensemble"] == "cross_family"
-    assert set(summary["gains"]) >= {"split", "cross_family_over_best_single", "detectron2_ensemble_over_best_single",
-                                     "yolov5_ensemble_over_best_single", "cross_family_over_best_family_ensemble"}
-    assert summary["gains"]["cross_family_over_best_single"] == pytest.approx(
-        cross["mAP50"]["val/report"] - summary["best_single"]["mAP50"]["val/report"])
-    assert "cross-family ensemble" in printed and "val/report" in printed
+    # each fold's report number is its ensemble re-fused from the cached predictions and scored on the other half
+    for fold, fold_entry in zip(plan.folds, cross["folds"]):
+        assert fold_entry["mAP50"][fold.report.label] == pytest.approx(
+            fold_report(experiment_uri, dataset, fold_entry, fold), abs=1e-4)
+    assert cross["mAP50"]["val/cross-fitted"] == pytest.approx(
+        sum(f["mAP50"][f["report"]] for f in cross["folds"]) / 2)
+    gains = summary["gains"]
+    assert gains["split"] == "val/cross-fitted" and len(gains["folds"]) == 2
+    assert set(gains) >= {"cross_family_over_best_single", "detectron2_ensemble_over_best_single",
+                          "yolov5_ensemble_over_best_single", "cross_family_over_yolov5_ensemble",
+                          "cross_family_over_detectron2_ensemble", "cross_family_over_best_family_ensemble"}
+    assert gains["cross_family_over_best_single"] == pytest.approx(
+        cross["mAP50"]["val/cross-fitted"] - best["mAP50"]["val/cross-fitted"])
+    for index, fold_gains in enumerate(gains["folds"]):
+        report = fold_gains["report"]
+        assert fold_gains["cross_family_over_best_single"] == pytest.approx(
+            cross["folds"][index]["mAP50"][report] - best["folds"][index]["mAP50"][report])
+    assert "cross-family ensemble" in printed and "mAP50 val/cross-fitted" in printed
+    assert "mAP50 val/B (fitted on val/A)" in printed
+    assert summary["final"]["fitted_on"] == {"split": "val", "images": len(val_ids)}
+    assert summary["final"]["note"].startswith("fitted on all of val (24 images) after the cross-fitted estimate")
+    assert ("written ensemble (cross_family): fitted on all of val (24 images) after the cross-fitted estimate"
+            in printed)
 
-    # fusion.json describes the cross-family ensemble; fused_val.json is its output, and re-scoring that file on
-    # the report half gives the number the summary reports
+    # fusion.json describes the cross-family ensemble fitted on all of val; fused_val.json is its output, and
+    # re-scoring that file on val gives the (in-sample) number the summary gives it
     spec = read_fusion_spec(str(Path(experiment_uri) / "ensemble" / "fusion.json"))
+    fusion = read_json(Path(experiment_uri) / "ensemble" / "fusion.json")
     assert [m["trial_id"] for m in spec.members] == cross["members"]
+    assert fusion["fitted_on"] == {"split": "val", "images": len(val_ids), "seed": 0, "fit_mode": "cross"}
+    assert fusion["reported"] == {"split": "val/cross-fitted", "images": len(val_ids),
+                                  "mAP50": cross["mAP50"]["val/cross-fitted"]}
     assert spec.category_ids == dataset.category_ids and spec.class_names == dataset.class_names
     fused = read_json(Path(experiment_uri) / "ensemble" / "fused_val.json")
     assert fused and {r["image_id"] for r in fused} <= set(val_ids)
     predictions = [Prediction(r["image_id"], r["category_id"], (x, y, x + w, y + h), r["score"])
                    for r in fused for x, y, w, h in [r["bbox"]]]
-    report_ids = sorted(set(val_ids) - set(_fit_ids(summary, val_ids)))
-    assert evaluate(val.coco, predictions, image_ids=report_ids).mAP50 == pytest.approx(
-        cross["mAP50"]["val/report"], abs=1e-4)
+    assert evaluate(val.coco, predictions).mAP50 == pytest.approx(cross["mAP50"]["val"], abs=1e-4)
 
-    # the CSVs list every image of their split, in order, with whole "label score x1 y1 x2 y2" groups
+    # each CSV lists every image of its split once, in order; each PredictionString is whole "label score x1 y1
+    # x2 y2" groups with a valid label and score and a box inside its image, one group per fused prediction
     for split in (val, test):
         with open(Path(experiment_uri) / "ensemble" / f"fused_{split.name}.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
-        assert [row["image_id"] for row in rows] == [image["file_name"] for image in split.coco["images"]]
-        for row in rows:
+        images = split.coco["images"]
+        assert [row["image_id"] for row in rows] == [image["file_name"] for image in images]
+        assert len({row["image_id"] for row in rows}) == len(images)
+        for row, image in zip(rows, images):
             values = row["PredictionString"].split()
             assert len(values) % 6 == 0
-            assert all(0 <= int(label) < len(dataset.class_names) for label in values[::6])
-    assert sum(len(row) > 0 for row in rows) > 0  # the test split's predictions were written too
+            for label, score, x1, y1, x2, y2 in zip(*[iter(values)] * 6):
+                assert 0 <= int(label) < len(dataset.class_names) and 0 <= float(score) <= 1
+                assert 0 <= float(x1) <= float(x2) <= image["width"] + 1e-3
+                assert 0 <= float(y1) <= float(y2) <= image["height"] + 1e-3
+        groups = sum(len(row["PredictionString"].split()) // 6 for row in rows)
+        assert groups == summary["outputs"][split.name]["predictions"] > 0
     assert len(cache_files(experiment_uri)) == 8  # 4 members x (val, test)
 
 
-def _fit_ids(summary, val_ids):
-    from detfuse.fusion_fit import split_image_ids
+@pytest.mark.slow
+def test_a_member_whose_inference_differs_from_its_trial_is_a_loud_warning(experiment, tmp_path, capsys):
+    """An experiment of one YOLO member whose trial claims 0.05 more val mAP50 than its checkpoint scores: the job
+    must name it with both numbers on stderr and in the printed summary, and record them in summary.json."""
+    experiment_uri, _ = experiment
+    row = next(row for row in read_json(Path(experiment_uri) / "leaderboard.json")
+               if row["family"] == "yolov5" and row["checkpoint"])
+    checkpoint = Path(shutil.copytree(row["checkpoint"], tmp_path / "checkpoint"))
+    meta = read_json(checkpoint / "detfuse.json")
+    claimed = meta["metrics"]["mAP50"] + 0.05
+    meta["metrics"]["mAP50"] = claimed
+    (checkpoint / "detfuse.json").write_text(json.dumps(meta))
+    copy = tmp_path / "claims"
+    copy.mkdir()
+    (copy / "leaderboard.json").write_text(json.dumps([{**row, "best_mAP50": claimed, "checkpoint": str(checkpoint)}]))
+    shutil.copy(Path(experiment_uri) / "experiment.json", copy / "experiment.json")
 
-    return split_image_ids(val_ids, summary["splits"]["fit"]["seed"])[0]
+    assert run_ensemble(str(copy)) == 0
+
+    captured = capsys.readouterr()
+    summary = read_json(copy / "ensemble" / "summary.json")
+    (member,) = summary["members"]
+    check = member["reported_vs_rescored"]
+    assert check["reported"] == claimed and check["source"] == "checkpoint detfuse.json metrics"
+    assert check["rescored"] == member["mAP50"]["val"] and check["difference"] == pytest.approx(-0.05, abs=1e-4)
+    (warning,) = summary["warnings"]
+    assert warning.startswith(f"WARNING: member {row['trial_id']} (yolov5 ")
+    assert f"{claimed:.4f}" in warning and f"{check['rescored']:.4f}" in warning
+    assert "its inference differs from its trial's evaluation" in warning
+    assert warning in captured.err and warning in captured.out
 
 
 @pytest.mark.slow
@@ -156,7 +265,7 @@ def test_rerun_through_the_script_reuses_cached_predictions(experiment):
     before = cache_files(experiment_uri)
     finished = subprocess.run(
         [sys.executable, str(ROOT / "ray_jobs" / "ensemble.py"), experiment_uri, "--top", "yolov5=1",
-         "--top", "detectron2=1", "--method", "nms"],
+         "--top", "detectron2=1", "--method", "nms", "--fit-mode", "split"],
         cwd=ROOT, env=on_this_cluster(), capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "inference of" not in finished.stdout  # nothing was predicted again
@@ -164,6 +273,11 @@ def test_rerun_through_the_script_reuses_cached_predictions(experiment):
     summary = read_json(Path(experiment_uri) / "ensemble" / "summary.json")
     assert summary["method"] == "nms" and len(summary["members"]) == 2
     assert summary["family_ensembles"] == {} and summary["cross_family"]["params"]["method"] == "nms"
+    # split: fitted on one half of val, reported on the other; the ensemble written is the one reported
+    assert summary["splits"]["mode"] == "split" and summary["splits"]["report"]["split"] == "val/report"
+    assert summary["final"]["fitted_on"] == summary["splits"]["folds"][0]["fit"]
+    assert set(summary["cross_family"]["mAP50"]) == {"val/fit", "val/report"}
+    assert summary["cross_family"]["folds"][0]["members"] == summary["cross_family"]["members"]
 
 
 @pytest.mark.slow
@@ -175,8 +289,11 @@ def test_labelled_test_split_reports_on_test(experiment, tmp_path):
     shutil.copy(labelled / "val.json", labelled / "test.json")
     assert run_ensemble(experiment_uri, top=["1"], dataset=str(labelled)) == 0
     summary = read_json(Path(experiment_uri) / "ensemble" / "summary.json")
-    assert summary["splits"]["fit"] == {"split": "val", "images": 24, "seed": 0}
+    assert summary["splits"]["mode"] == "test"
+    assert summary["splits"]["folds"] == [{"fit": {"split": "val", "images": 24},
+                                           "report": {"split": "test", "images": 24}}]
     assert summary["splits"]["report"] == {"split": "test", "images": 24}
+    assert summary["final"]["fitted_on"] == {"split": "val", "images": 24}
     for member in summary["members"]:
         assert set(member["mAP50"]) == {"val", "test"}
         assert member["mAP50"]["test"] == pytest.approx(member["mAP50"]["val"])
