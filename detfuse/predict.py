@@ -52,16 +52,33 @@ def collect_images(arguments):
     return paths
 
 
-def _read_image(path):
-    from PIL import Image, ImageOps, UnidentifiedImageError
+@contextlib.contextmanager
+def _unreadable_image(path):
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            return ImageOps.exif_transpose(image).convert("RGB")
+        yield
     except (OSError, UnidentifiedImageError, ImportError) as error:
         # ImportError: once Ultralytics is imported, its patched Image.open answers a file Pillow cannot identify
         # by importing a HEIF plugin, which is not installed
         raise UserError(f"{path}: cannot read this image file ({type(error).__name__}: {error})") from None
+
+
+def _check_image(path):
+    """Refuse a file Pillow cannot identify as an image. Reads the header only: holding every decoded image until
+    the members have run would take memory in proportion to the number of images."""
+    from PIL import Image
+
+    with _unreadable_image(path), Image.open(path):
+        pass
+
+
+def _read_image(path):
+    """The image decoded to RGB, turned as viewers show it (its EXIF orientation applied)."""
+    from PIL import Image, ImageOps
+
+    with _unreadable_image(path), Image.open(path) as image:
+        return ImageOps.exif_transpose(image).convert("RGB")
 
 
 def load_members(verified, spec, device):
@@ -100,13 +117,10 @@ def _framework_warnings(verbose):
         yield
 
 
-def predict_images(verified, image_paths, device):
-    """(fusion spec, COCO images, fused Predictions with those images' ids) for `image_paths`."""
-    spec = read_fusion_spec(str(verified.directory / bundle.FUSION))
-    images = []
-    for index, path in enumerate(image_paths, start=1):  # every image is readable before any model loads
-        width, height = _read_image(path).size
-        images.append({"id": index, "file_name": path.name, "width": width, "height": height})
+def member_detections(verified, spec, image_paths, device):
+    """For each fusion member, in fusion order, its detections on each of `image_paths`."""
+    for path in image_paths:  # every file is an image before any model loads
+        _check_image(path)
     outputs = []
     for predictor, member in zip(load_members(verified, spec, device), spec.members):
         detections = predictor.predict(list(image_paths))
@@ -114,13 +128,25 @@ def predict_images(verified, image_paths, device):
             raise RuntimeError(f"member {member['trial_id']}: {len(detections)} results for {len(image_paths)} "
                                f"images")
         outputs.append(detections)
+    return outputs
+
+
+def fuse_and_draw(spec, outputs, image_paths, images_dir, draw_threshold):
+    """(COCO images, fused Predictions with those images' ids); writes each image with its detections drawn.
+
+    Each image is decoded once, here: its size places the fused boxes, its pixels take the drawing."""
     params = spec.weighted_params
-    predictions = []
-    for index, (image, path) in enumerate(zip(images, image_paths)):
-        fused = fuse_image([member_outputs[index] for member_outputs in outputs], image["width"], image["height"],
+    images, predictions = [], []
+    for index, path in enumerate(image_paths):
+        picture = _read_image(path)
+        image = {"id": index + 1, "file_name": path.name, "width": picture.width, "height": picture.height}
+        fused = fuse_image([member_outputs[index] for member_outputs in outputs], picture.width, picture.height,
                            spec.category_ids, params, where=str(path))
-        predictions.extend(p._replace(image_id=image["id"]) for p in fused)
-    return spec, images, predictions
+        fused = [p._replace(image_id=image["id"]) for p in fused]
+        draw_detections(picture, fused, spec, draw_threshold).save(images_dir / path.name)
+        images.append(image)
+        predictions.extend(fused)
+    return images, predictions
 
 
 def coco_document(images, predictions, spec, bundle_id):
@@ -166,20 +192,15 @@ def run_predict(bundle_uri, images, out_dir, device=None, draw_threshold=DEFAULT
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    with _framework_warnings(verbose):
-        spec, coco_images, predictions = predict_images(verified, image_paths, device)
-
+    spec = read_fusion_spec(str(verified.directory / bundle.FUSION))
     out = Path(out_dir).expanduser()
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    with _framework_warnings(verbose):
+        outputs = member_detections(verified, spec, image_paths, device)
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        coco_images, predictions = fuse_and_draw(spec, outputs, image_paths, out / "images", draw_threshold)
     (out / "predictions.json").write_text(json.dumps(coco_document(coco_images, predictions, spec,
                                                                    verified.bundle_id), indent=2))
     (out / "predictions.csv").write_text(submission_csv(predictions, coco_images, spec.category_ids))
-    by_image = {image["id"]: [] for image in coco_images}
-    for p in predictions:
-        by_image[p.image_id].append(p)
-    for image, path in zip(coco_images, image_paths):
-        drawn = draw_detections(_read_image(path), by_image[image["id"]], spec, draw_threshold)
-        drawn.save(out / "images" / image["file_name"])
     drawn = sum(p.score >= draw_threshold for p in predictions)
     print(f"bundle {verified.bundle_id} ({len(spec.members)} members, {spec.params.method}): {len(predictions)} "
           f"detections on {len(coco_images)} image(s), {drawn} scoring >= {draw_threshold:g} drawn\n"

@@ -30,7 +30,7 @@ def _number(config, key, where, low=0.0):
     return float(value)
 
 
-def validate_trial_config(config, where, check_hparams=True):
+def validate_trial_config(config, where):
     """Return `config` with defaults filled in and family resolved; raise UserError naming `where` and the key."""
     import trainables
 
@@ -59,9 +59,8 @@ def validate_trial_config(config, where, check_hparams=True):
             raise UserError(f"{where}: 'weights' file {weights} does not exist")
     if not isinstance(config["hparams"], dict):
         raise UserError(f"{where}: 'hparams' must be a mapping of hyperparameter names to values")
-    if check_hparams:
-        adapter = trainables.load_family(family).ARCHITECTURES[config["architecture"]]
-        config["hparams"] = adapter.resolve(config["hparams"], f"{where}: hparams")
+    adapter = trainables.load_family(family).ARCHITECTURES[config["architecture"]]
+    config["hparams"] = adapter.resolve(config["hparams"], f"{where}: hparams")
     config["wandb"] = validate_wandb(config["wandb"], where)
     config["resources"] = validate_resources(config["resources"], where)
     return config

@@ -2,15 +2,18 @@
 epoch on a small synthetic set, fused as the ensemble job writes it, exported to a local directory and to a real
 SeaweedFS S3 server."""
 
+import collections
 import json
 import pathlib
 import shutil
 
+import PIL.Image
+import PIL.ImageFile
 import pytest
 import torch
 
 import trainables
-from detfuse import trial
+from detfuse import predict, trial
 from detfuse.cli import main
 from detfuse.data import load_dataset
 from detfuse.data.synthetic import generate
@@ -106,12 +109,16 @@ def test_local_and_s3_bundles_predict_the_experiments_fused_detections(trained, 
     outputs = [trainables.load_family(m["family"]).load_predictor(m["checkpoint"], "cpu").predict(images)
                for m in spec.members]
     coco = json.loads((tmp_path / "local" / "predictions.json").read_text())
+    sizes = []
+    for path in images:
+        with PIL.Image.open(path) as opened:
+            sizes.append(opened.size)
     assert [(i["file_name"], i["width"], i["height"]) for i in coco["images"]] == [
-        (p.name, 160, 160) for p in images]
+        (p.name, *size) for p, size in zip(images, sizes)]
     assert [c["name"] for c in coco["categories"]] == dataset.class_names
     for index, image in enumerate(coco["images"]):
-        expected = fuse_image([member[index] for member in outputs], 160, 160, spec.category_ids,
-                              spec.weighted_params)
+        expected = fuse_image([member[index] for member in outputs], image["width"], image["height"],
+                              spec.category_ids, spec.weighted_params)
         written = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
         assert len(written) == len(expected)
         for annotation, prediction in zip(written, expected):
@@ -227,3 +234,26 @@ def test_predict_input_errors(exported, tmp_path, capsys):
     ]:
         assert main(["predict", *arguments, "--out", str(tmp_path / "out")]) == 2
         assert expected in capsys.readouterr().err
+
+
+def test_each_image_is_decoded_once(trained, exported, tmp_path, monkeypatch):
+    _, _, images = trained
+    local, _, _ = exported
+
+    class NoDetections:  # the members read images their own way: only predict's own decoding is counted
+        def predict(self, paths):
+            return [[] for _ in paths]
+
+    monkeypatch.setattr(predict, "load_members", lambda verified, spec, device: [NoDetections()] * len(spec.members))
+    decoded = collections.Counter()
+    load = PIL.ImageFile.ImageFile.load
+
+    def counting_load(image):
+        if image.tile:  # the pixel data is not read yet: this call decodes it
+            decoded[pathlib.Path(image.filename).name] += 1
+        return load(image)
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", counting_load)
+    assert main(["predict", str(local), *map(str, images), "--out", str(tmp_path / "out")]) == 0
+    assert decoded == {path.name: 1 for path in images}
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == sorted(p.name for p in images)

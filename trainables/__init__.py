@@ -1,4 +1,4 @@
-"""Detector families, each a package fulfilling the same trial contract (see DESIGN.md).
+"""Detector families, each a package fulfilling the same trial contract (see docs/architecture.md).
 
 A family package exposes `ARCHITECTURES` (name -> adapter with a `hyperparameters` HyperparameterSet),
 `train(config)` (a Ray Tune function trainable) and `load_predictor(checkpoint_dir, device)`.

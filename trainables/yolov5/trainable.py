@@ -22,7 +22,7 @@ _MAX_LOADER_WORKERS = 8
 
 
 def train(config):
-    """Train `config["architecture"]` and report each evaluated epoch with a checkpoint (see DESIGN.md)."""
+    """Train `config["architecture"]` and report each evaluated epoch with a checkpoint (docs/architecture.md)."""
     with trial.resume_checkpoint() as directory:
         resume_state = None
         if directory is not None:
