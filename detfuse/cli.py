@@ -35,7 +35,7 @@ def _ensemble(args):
 
     return run_ensemble(args.experiment, args.top, method=args.method, dataset=args.dataset,
                         gpus_per_member=args.gpus_per_member, cpus_per_member=args.cpus_per_member, seed=args.seed,
-                        fit_mode=args.fit_mode, verbose=args.verbose)
+                        fit_mode=args.fit_mode, tta=args.tta, verbose=args.verbose)
 
 
 def _s3_settings(args):
@@ -103,6 +103,7 @@ def _s3_arguments(parser, uploads):
 def build_parser():
     from detfuse.ensemble_evaluation import CROSS_FIT_BELOW, FIT_MODES
     from detfuse.fusion import METHODS
+    from detfuse.member_predictions import DEFAULT_TTA, TTA_MODES
 
     parser = argparse.ArgumentParser(
         prog="detfuse", description="Search Detectron2 and YOLOv5 detectors with Ray Tune and fuse the best of both."
@@ -152,6 +153,9 @@ def build_parser():
                                f"(default: fit on val and report on test when test has labels, else cross below "
                                f"{CROSS_FIT_BELOW} val images, else split)")
     ensemble.add_argument("--seed", type=int, default=0, help="seed of the split of val into halves")
+    ensemble.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
+                          help="test-time augmentation: hflip also fuses each trial's predictions on the images "
+                               f"mirrored left-right, as member <trial_id>+hflip (default {DEFAULT_TTA})")
 
     export = _command(commands, "export", "write a versioned, checksummed bundle of the best checkpoints and the "
                       "ensemble to a directory or S3, then point latest.json at it", _export)

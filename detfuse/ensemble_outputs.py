@@ -6,7 +6,9 @@
   contiguous class index (the order of `class_names` in fusion.json) and pixel corners; image_id is the image's
   file_name as listed in the split's COCO JSON.
 - fusion.json: everything `detfuse predict` and the export need to rebuild the ensemble: members (trial, family,
-  architecture, checkpoint URI, weight), method and parameters, class names and COCO category ids.
+  architecture, checkpoint URI, tta, weight), method and parameters, class names and COCO category ids. A member's
+  tta is "none" (the images as they are) or "hflip" (the trial's predictions on the mirrored images: member
+  <trial_id>+hflip, whose trial may also be a member as it is); files written before tta existed mean none.
 """
 
 import csv
@@ -17,9 +19,10 @@ from dataclasses import dataclass
 from detfuse import experiment_storage
 from detfuse.errors import UserError
 from detfuse.fusion import FusionParams
+from detfuse.member_predictions import TTA_MODES
 
 FUSION_FORMAT = "detfuse-fusion/1"
-MEMBER_KEYS = ("trial_id", "family", "architecture", "checkpoint", "weight")
+MEMBER_KEYS = ("trial_id", "family", "architecture", "checkpoint", "weight")  # and "tta", "none" when absent
 
 
 def coco_results(predictions):
@@ -46,7 +49,7 @@ def submission_csv(predictions, images, category_ids):
 
 @dataclass
 class FusionSpec:
-    members: list  # dicts with MEMBER_KEYS, in fusion order
+    members: list  # dicts with MEMBER_KEYS and tta, in fusion order
     params: FusionParams  # params.weights is None: each member's weight is in `members`
     class_names: list
     category_ids: list
@@ -65,7 +68,7 @@ def fusion_document(members, params, class_names, category_ids, **provenance):
     return {
         "format": FUSION_FORMAT,
         "members": [{"trial_id": m.trial_id, "family": m.family, "architecture": m.architecture,
-                     "checkpoint": m.checkpoint, "weight": float(w)} for m, w in zip(members, weights)],
+                     "checkpoint": m.checkpoint, "tta": m.tta, "weight": float(w)} for m, w in zip(members, weights)],
         "params": {**params.as_dict(), "weights": None},
         "class_names": list(class_names),
         "category_ids": [int(c) for c in category_ids],
@@ -86,6 +89,11 @@ def read_fusion_spec(uri):
     if not isinstance(members, list) or not members or not all(
             isinstance(m, dict) and set(MEMBER_KEYS) <= set(m) for m in members):
         raise UserError(f"{uri}: 'members' must be a non-empty list of objects with {', '.join(MEMBER_KEYS)}")
+    members = [{**member, "tta": member.get("tta", "none")} for member in members]
+    for member in members:
+        if member["tta"] not in TTA_MODES:
+            raise UserError(f"{uri}: member {member['trial_id']}: tta {member['tta']!r}; valid values are "
+                            f"{', '.join(TTA_MODES)}")
     class_names, category_ids = document.get("class_names"), document.get("category_ids")
     if not (isinstance(class_names, list) and isinstance(category_ids, list) and class_names
             and len(class_names) == len(category_ids)):

@@ -25,7 +25,7 @@ KEYS = {
     "wandb": "false, true (offline) or {project, entity, group, mode, dir}",
     "seed": "base random seed",
     "ensemble": "pipeline's ensemble stage: {top: K or {family: K}, method: wbf|nms|soft_nms|nmw, "
-                "fit_mode: auto|cross|split}",
+                "fit_mode: auto|cross|split, tta: none|hflip}",
     "export": "pipeline's export stage: {to: directory or s3://bucket/prefix (default <storage>/<name>/export),"
               " sse: AES256|aws:kms}",
 }
@@ -50,6 +50,7 @@ class Experiment:
     ensemble_top: list  # --top values of the ensemble job: "K" or "FAMILY=K"
     ensemble_method: str
     ensemble_fit_mode: str  # --fit-mode of the ensemble job
+    ensemble_tta: str  # --tta of the ensemble job
     export_to: str
     export_sse: str | None
 
@@ -160,7 +161,8 @@ def load_experiment(path, overrides=()):
             settings["eval_every"] = float(eval_every)
         entries.append(SpaceEntry(space, num_samples, settings))
 
-    ensemble_top, ensemble_method, ensemble_fit_mode = _ensemble_settings(data.get("ensemble") or {}, where)
+    ensemble_top, ensemble_method, ensemble_fit_mode, ensemble_tta = _ensemble_settings(
+        data.get("ensemble") or {}, where)
     export = data.get("export") or {}
     if not isinstance(export, dict) or set(export) - {"to", "sse"}:
         raise UserError(f"{where}: 'export' must be a mapping with keys to, sse")
@@ -175,6 +177,7 @@ def load_experiment(path, overrides=()):
     return Experiment(
         path=Path(path), name=name, dataset=dataset, storage=storage, entries=entries,
         ensemble_top=ensemble_top, ensemble_method=ensemble_method, ensemble_fit_mode=ensemble_fit_mode,
+        ensemble_tta=ensemble_tta,
         export_to=export_to, export_sse=export.get("sse"),
         reduction_factor=float(reduction_factor),
         searcher=_searcher(data.get("searcher", "random"), where),
@@ -202,14 +205,15 @@ def _searcher(name, where):
 
 
 def _ensemble_settings(section, where):
-    """The ensemble stage's members per family, fusion method and fit mode, checked here rather than after
-    tuning."""
+    """The ensemble stage's members per family, fusion method, fit mode and test-time augmentation, checked here
+    rather than after tuning."""
     from detfuse.ensemble_evaluation import FIT_MODES
     from detfuse.fusion import METHODS
+    from detfuse.member_predictions import DEFAULT_TTA, TTA_MODES
     from trainables import FAMILIES
 
-    if not isinstance(section, dict) or set(section) - {"top", "method", "fit_mode"}:
-        raise UserError(f"{where}: 'ensemble' must be a mapping with keys top, method, fit_mode")
+    if not isinstance(section, dict) or set(section) - {"top", "method", "fit_mode", "tta"}:
+        raise UserError(f"{where}: 'ensemble' must be a mapping with keys top, method, fit_mode, tta")
     top = section.get("top", 3)
     per_family = top if isinstance(top, dict) else {None: top}
     for family, k in per_family.items():
@@ -224,4 +228,9 @@ def _ensemble_settings(section, where):
     if fit_mode not in FIT_MODES:
         raise UserError(f"{where}: ensemble.fit_mode must be one of {', '.join(FIT_MODES)} (auto: cross-fit on val "
                         f"when it is small and test has no labels), got {fit_mode!r}")
-    return [str(k) if family is None else f"{family}={k}" for family, k in per_family.items()], method, fit_mode
+    tta = section.get("tta", DEFAULT_TTA)
+    if tta not in TTA_MODES:
+        raise UserError(f"{where}: ensemble.tta must be one of {', '.join(TTA_MODES)} (hflip: each trial is also "
+                        f"fused on the images mirrored left-right), got {tta!r}")
+    top = [str(k) if family is None else f"{family}={k}" for family, k in per_family.items()]
+    return top, method, fit_mode, tta

@@ -2,8 +2,9 @@
 
 Nothing in the bundle is read before every file matched its manifest (detfuse.bundle.open_bundle), and the families
 load weights with torch.load(weights_only=True), so a bundle from shared storage cannot run code on this machine.
-Each member runs on every image through its family's predictor, and the detections are fused image by image with
-the bundle's fitted parameters, exactly as the ensemble job fused them. Writes to DIR:
+Each member runs on every image through its family's predictor (a "+hflip" member on the images mirrored
+left-right, from the same loaded checkpoint as its trial's plain member), and the detections are fused image by
+image with the bundle's fitted parameters, exactly as the ensemble job fused them. Writes to DIR:
 
     predictions.json   COCO: images (id, file_name, width, height), categories, and one annotation per fused
                        detection (bbox [x, y, w, h] in pixels, score, category_id = COCO id)
@@ -21,6 +22,7 @@ from detfuse import bundle, checkpoint_meta
 from detfuse.ensemble_outputs import coco_results, read_fusion_spec, submission_csv
 from detfuse.errors import UserError
 from detfuse.fusion import fuse_image
+from detfuse.member_predictions import member_name
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_DRAW_THRESHOLD = 0.3
@@ -82,14 +84,18 @@ def _read_image(path):
 
 
 def load_members(verified, spec, device):
-    """One predictor per fusion member, in fusion order, from the bundle's verified checkpoint directories."""
+    """One predictor per fusion member, in fusion order, from the bundle's verified checkpoint directories; members
+    of the same checkpoint (a trial and its +hflip) share one."""
     import trainables
 
     covered = {entry.path for entry in verified.entries}
-    predictors = []
+    loaded, checkpoints = {}, []  # checkpoint folder -> its predictor; each member's checkpoint folder
     for member in spec.members:
-        where = f"{verified.uri}/{bundle.FUSION}: member {member['trial_id']}"
+        where = f"{verified.uri}/{bundle.FUSION}: member {member_name(member['trial_id'], member['tta'])}"
         relative = str(member["checkpoint"]).strip("/")
+        checkpoints.append(relative)
+        if relative in loaded:
+            continue
         if f"{relative}/{checkpoint_meta.FILE_NAME}" not in covered or ".." in relative.split("/"):
             raise UserError(f"{where}: checkpoint {relative!r} is not a folder of this bundle's manifest")
         checkpoint_dir = verified.directory / relative
@@ -99,13 +105,13 @@ def load_members(verified, spec, device):
                             f"ensemble fuses {spec.category_ids}; the bundle is inconsistent, re-export it")
         family = trainables.load_family(member["family"], where)
         try:
-            predictors.append(family.load_predictor(checkpoint_dir, device))
+            loaded[relative] = family.load_predictor(checkpoint_dir, device)
         except pickle.UnpicklingError as error:  # torch.load(weights_only=True) met more than tensors
             reason = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line),
                           str(error).splitlines()[0])
             raise UserError(f"{where}: refusing to load {relative}: it holds pickled objects beyond weights, which "
                             f"could run code ({reason.split('. Please use')[0]})") from None
-    return predictors
+    return [loaded[relative] for relative in checkpoints]
 
 
 @contextlib.contextmanager
@@ -123,10 +129,10 @@ def member_detections(verified, spec, image_paths, device):
         _check_image(path)
     outputs = []
     for predictor, member in zip(load_members(verified, spec, device), spec.members):
-        detections = predictor.predict(list(image_paths))
+        detections = predictor.predict(list(image_paths), flip=member["tta"] == "hflip")
         if len(detections) != len(image_paths):
-            raise RuntimeError(f"member {member['trial_id']}: {len(detections)} results for {len(image_paths)} "
-                               f"images")
+            raise RuntimeError(f"member {member_name(member['trial_id'], member['tta'])}: {len(detections)} results "
+                               f"for {len(image_paths)} images")
         outputs.append(detections)
     return outputs
 

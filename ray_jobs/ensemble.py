@@ -1,7 +1,7 @@
 """The ensemble job: fuse the top checkpoints of every family of a finished Tune experiment.
 
     detfuse ensemble EXPERIMENT [--top K] [--top FAMILY=K ...] [--method wbf|nms|soft_nms|nmw]
-                                [--fit-mode auto|cross|split]
+                                [--fit-mode auto|cross|split] [--tta none|hflip]
     ray submit cluster.yaml ray_jobs/ensemble.py -- EXPERIMENT [...]
 
 EXPERIMENT is the experiment's URI, <storage>/<name> (local path or s3://). The job reads leaderboard.json and
@@ -12,6 +12,11 @@ detfuse/ensemble_evaluation.py), and writes under <experiment>/ensemble/: predic
 summary.json, fusion.json, and fused_<split>.json (COCO results) plus fused_<split>.csv (submission format) for
 val and, when the dataset has one, test.
 
+--tta hflip fuses every selected trial twice: as it is, and as "<trial_id>+hflip", its predictions on the images
+mirrored left-right (detfuse/member_predictions.py), a member of the same family like any other: it can enter the
+family's ensemble and fill the cross-family ensemble's place for its family, and the fit keeps it only where it
+helps. Both passes of a trial run in one Ray task on one model load.
+
 summary.json names sets of images by label: "val" (all of val), the parts of the fit mode ("val/A" and "val/B"
 for cross, "val/fit" and "val/report" for split, "test"), and "val/cross-fitted" (the mean over cross-fitting's
 two folds). Every "mAP50" is {label: mAP50}.
@@ -20,17 +25,22 @@ two folds). Every "mAP50" is {label: mAP50}.
              folds: [{fit: {split: label, images}, report: {split: label, images}}],  (two for cross, else one)
              report: {split, images}: the label of the numbers to believe, on this many images,
              final_fit: {split, images}: where the written ensemble was fitted}
+    tta: the --tta mode
     members: [{trial_id, family, architecture, checkpoint, leaderboard_mAP50,
                mAP50: on "val" and on every part,
-               reported_vs_rescored: {reported, source, rescored, difference}}]: val mAP50 from the trial's report
-               (source: the checkpoint's detfuse.json metrics, else the leaderboard) against the one re-scored here
+               mAP50_hflip: the same for the trial's +hflip member (with --tta hflip only),
+               reported_vs_rescored: {reported, source, rescored, difference}}]: one entry per trial; val mAP50
+               from the trial's report (source: the checkpoint's detfuse.json metrics, else the leaderboard) against
+               the one re-scored here from its plain (not augmented) predictions
     warnings: the WARNING lines printed, else []: members re-scored more than 0.01 from their report, or whose
               checkpoint's report is more than 0.01 from their leaderboard best_mAP50
     best_single: {trial_id, family, chosen_on (final_fit's label), mAP50: {final_fit label, report label},
-                  folds: [{fit, report, trial_id (the best on fit), mAP50: {fit label, report label}}]}
+                  folds: [{fit, report, trial_id (the best on fit), mAP50: {fit label, report label}}]}: among the
+                 trials' plain predictions, the baseline every ensemble (augmented members included) is measured by
     family_ensembles: {family: ENSEMBLE} (families with 2+ members)
     cross_family: ENSEMBLE or null (needs 2+ families)
-        ENSEMBLE: {members, weights, params, candidates, families, search: the ensemble fitted on final_fit,
+        ENSEMBLE: {members, weights, params, candidates, families, search: the ensemble fitted on final_fit
+                   (members and candidates by name: <trial_id>, or <trial_id>+hflip for an augmented one),
                    mAP50: {final_fit label: in-sample, report label: the number to believe},
                    folds: [{fit, report, members, weights, params, mAP50: {fit label, report label}}]}
     final: {ensemble (cross_family, a family, or "single member"), fitted_on: {split, images}, note, fusion}
@@ -38,7 +48,8 @@ two folds). Every "mAP50" is {label: mAP50}.
             cross_family_over_<family>_ensemble, cross_family_over_best_family_ensemble,
             folds: [{fit, report, the same gains on that fold}]}
     outputs: {split: {coco_results, csv, images, predictions}}
-    timing: {startup_s, inference_wall_s, inference_s, fit_s, fusion_ms_per_image, fused_members, total_s}
+    timing: {startup_s, inference_wall_s, inference_s: {<member name>/<split>: seconds}, fit_s,
+             fusion_ms_per_image, fused_members, total_s}
 
 A report number is the mean over folds of numbers scored on images the fold's choices never saw, the best single
 model included (chosen on each fold's fit part), so the gains compare like with like.
@@ -47,6 +58,7 @@ model included (chosen on each fold's fit part), so the gains compare like with 
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import ray
@@ -58,8 +70,8 @@ from detfuse.errors import UserError
 from detfuse.fusion import METHODS, FusionInputs
 from detfuse.fusion_fit import fit_ensemble
 from detfuse.leaderboard import read_leaderboard, top_per_family
-from detfuse.member_predictions import (Member, as_predictions, cache_key, cache_uri, predict_member,
-                                        read_cached, read_checkpoint_meta, write_cached)
+from detfuse.member_predictions import (DEFAULT_TTA, Member, as_predictions, cache_key, cache_uri, predict_member,
+                                        read_cached, read_checkpoint_meta, with_tta, write_cached)
 from ray_jobs.cluster import connect
 
 DEFAULT_TOP = 3
@@ -109,10 +121,10 @@ def experiment_dataset(experiment_uri, override):
     return json.loads(experiment_storage.read_text(uri))["dataset"]
 
 
-@ray.remote(max_calls=1)  # a fresh worker per member: a finished member's model leaves no GPU memory behind
-def _predict_member_task(member, dataset_spec, dataset_fingerprint, split_names):
+@ray.remote(max_calls=1)  # a fresh worker per trial: a finished trial's model leaves no GPU memory behind
+def _predict_member_task(member, dataset_spec, dataset_fingerprint, runs):
     device = "cuda" if ray.get_gpu_ids() else "cpu"
-    return predict_member(member, dataset_spec, dataset_fingerprint, split_names, device)
+    return predict_member(member, dataset_spec, dataset_fingerprint, runs, device)
 
 
 def task_resources(gpus_per_member, cpus_per_member):
@@ -136,52 +148,62 @@ def _get(refs, context=""):
         raise
 
 
-def member_predictions(experiment_uri, members, dataset, dataset_spec, split_names, resources):
-    """{(trial_id, split): [Prediction]} for every member and split: read from the cache, else run as Ray tasks
-    (all at once, spread over the cluster), each result cached as soon as it arrives. Also returns the inference
-    seconds and each member's checkpoint detfuse.json text."""
+def member_predictions(experiment_uri, members, tta, dataset, dataset_spec, split_names, resources):
+    """{(member name, split): [Prediction]} for every trial of `members` under --tta `tta` (with_tta) and every
+    split: read from the cache, else run as Ray tasks, one per trial for all its missing (split, tta) runs (all
+    at once, spread over the cluster), each result cached as soon as it arrives. Also returns the inference
+    seconds and each trial's checkpoint detfuse.json text."""
     predictions, inference_s, pending, metas = {}, {}, {}, {}
-    for member in members:
-        meta = read_checkpoint_meta(member, dataset)
-        metas[member.trial_id] = meta
-        missing = []
-        for split_name in split_names:
-            key = cache_key(member, meta, dataset.fingerprint, split_name)
-            cached = read_cached(cache_uri(experiment_uri, member, split_name), key)
-            if cached is None:
-                missing.append((split_name, key))
-            else:
-                predictions[(member.trial_id, split_name)] = cached
+    for trial in members:
+        meta = read_checkpoint_meta(trial, dataset)
+        metas[trial.trial_id] = meta
+        missing = {}  # (split, tta) -> (member, cache key)
+        for member in with_tta([trial], tta):
+            for split_name in split_names:
+                key = cache_key(member, meta, dataset.fingerprint, split_name)
+                cached = read_cached(cache_uri(experiment_uri, member, split_name), key)
+                if cached is None:
+                    missing[(split_name, member.tta)] = (member, key)
+                else:
+                    predictions[(member.name, split_name)] = cached
         if missing:
-            task = _predict_member_task.options(**resources).remote(
-                member, dataset_spec, dataset.fingerprint, [split_name for split_name, _ in missing])
-            pending[task] = (member, dict(missing))
+            task = _predict_member_task.options(**resources).remote(trial, dataset_spec, dataset.fingerprint,
+                                                                    list(missing))
+            pending[task] = (trial, missing)
     if pending:
-        print(f"inference of {len(pending)} member(s) on {', '.join(split_names)} "
-              f"({len(members) - len(pending)} cached)", flush=True)
+        print(f"inference of {len(pending)} trial(s) on {', '.join(split_names)} (tta {tta}; "
+              f"{len(members) - len(pending)} cached)", flush=True)
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
-        member, keys = pending.pop(done[0])
-        results = _get(done[0], f"trial {member.trial_id}: ")
-        for split_name, (rows, seconds) in results.items():
-            write_cached(cache_uri(experiment_uri, member, split_name), keys[split_name], member, split_name,
+        trial, missing = pending.pop(done[0])
+        results = _get(done[0], f"trial {trial.trial_id}: ")
+        for (split_name, member_tta), (rows, seconds) in results.items():
+            member, key = missing[(split_name, member_tta)]
+            write_cached(cache_uri(experiment_uri, member, split_name), key, member, split_name,
                          dataset.fingerprint, rows, seconds)
-            predictions[(member.trial_id, split_name)] = as_predictions(rows)
-            inference_s[f"{member.trial_id}/{split_name}"] = seconds
+            predictions[(member.name, split_name)] = as_predictions(rows)
+            inference_s[f"{member.name}/{split_name}"] = seconds
     return predictions, inference_s, metas
 
 
-def member_entries(evaluation, members, predictions, metas, split_names):
-    """summary.json's member entries, and the WARNING lines of members whose re-scored val mAP50 is not the one
-    their trial reported (printed to stderr as soon as they are known)."""
+def member_entries(evaluation, members, tta, predictions, metas, split_names):
+    """summary.json's member entries, one per trial of `members`, and the WARNING lines of trials whose re-scored
+    val mAP50 is not the one they reported (printed to stderr as soon as they are known)."""
+    def mAP50(member):
+        return evaluation.member_mAP50({split: predictions[(member.name, split)] for split in split_names})
+
     entries, warnings = [], []
-    for member in members:
-        numbers = evaluation.member_mAP50({name: predictions[(member.trial_id, name)] for name in split_names})
-        check, lines = rescore_check(member, metas[member.trial_id], numbers["val"])
+    for trial in members:
+        numbers = mAP50(trial)
+        check, lines = rescore_check(trial, metas[trial.trial_id], numbers["val"])
         for line in lines:
             print(line, file=sys.stderr, flush=True)
         warnings += lines
-        entries.append({**member.as_dict(), "mAP50": numbers, "reported_vs_rescored": check})
+        entry = {"trial_id": trial.trial_id, "family": trial.family, "architecture": trial.architecture,
+                 "checkpoint": trial.checkpoint, "leaderboard_mAP50": trial.leaderboard_mAP50, "mAP50": numbers}
+        if tta != "none":  # the trial's augmented member is scored beside it
+            entry[f"mAP50_{tta}"] = mAP50(replace(trial, tta=tta))
+        entries.append({**entry, "reported_vs_rescored": check})
     return entries, warnings
 
 
@@ -191,8 +213,9 @@ def _fit_task(inputs, coco, image_ids, method, candidates, keep_one_of):
 
 
 def fit_all(evaluation, members, method):
-    """Same-family ensembles (families with 2+ members), the cross-family one (2+ families), and the final
-    ensemble whose outputs are written: the cross-family one, else the one family's, else the lone member fused.
+    """Same-family ensembles (families with 2+ members, augmented ones included), the cross-family one (2+
+    families), and the final ensemble whose outputs are written: the cross-family one, else the one family's,
+    else the lone member fused.
     Each is fitted on every fit part of the plan, as {part label: FittedEnsemble}; returns ({family: those},
     the cross-family's or None, the final one's). The fits are independent Ray tasks, so they run side by side on
     the cluster's CPUs."""
@@ -236,7 +259,7 @@ def write_outputs(ensemble_uri, data, inputs, final):
 
 
 def run_ensemble(experiment_uri, top=(), method="wbf", dataset=None, gpus_per_member=None, cpus_per_member=1.0,
-                 seed=0, fit_mode="auto", verbose=False):
+                 seed=0, fit_mode="auto", tta=DEFAULT_TTA, verbose=False):
     """`detfuse ensemble`: see the module docstring. `top` holds --top values; returns the exit code."""
     from detfuse.data import load_dataset
 
@@ -251,6 +274,7 @@ def run_ensemble(experiment_uri, top=(), method="wbf", dataset=None, gpus_per_me
                         f"that has finished")
     default_k, per_family = parse_top(top)
     members = select_members(read_leaderboard(experiment_uri), default_k, per_family, leaderboard_uri)
+    fusion_members = with_tta(members, tta)  # what is fused: each trial, then each trial augmented
     dataset_spec = experiment_dataset(experiment_uri, dataset)
     data = load_dataset(dataset_spec)
     val, test = data.splits["val"], data.splits.get("test")
@@ -264,16 +288,16 @@ def run_ensemble(experiment_uri, top=(), method="wbf", dataset=None, gpus_per_me
     connect(verbose)
     resources = task_resources(gpus_per_member, cpus_per_member)
     connected = time.perf_counter()
-    predictions, inference_s, metas = member_predictions(experiment_uri, members, data, dataset_spec, split_names,
-                                                         resources)
+    predictions, inference_s, metas = member_predictions(experiment_uri, members, tta, data, dataset_spec,
+                                                         split_names, resources)
     inference_done = time.perf_counter()
 
-    names, families = [m.trial_id for m in members], [m.family for m in members]
+    names, families = [m.name for m in fusion_members], [m.family for m in fusion_members]
     inputs = {split: FusionInputs([predictions[(name, split)] for name in names], data.splits[split].coco["images"],
                                   data.category_ids, names) for split in split_names}
     evaluation = Evaluation(plan, {split: data.splits[split].coco for split in split_names}, inputs)
-    members_summary, warnings = member_entries(evaluation, members, predictions, metas, split_names)
-    family_fits, cross, final_fits = fit_all(evaluation, members, method)
+    members_summary, warnings = member_entries(evaluation, members, tta, predictions, metas, split_names)
+    family_fits, cross, final_fits = fit_all(evaluation, fusion_members, method)
     fitted_done = time.perf_counter()
 
     family_entries = {family: evaluation.ensemble_entry(fits, names, families) for family, fits in family_fits.items()}
@@ -292,11 +316,12 @@ def run_ensemble(experiment_uri, top=(), method="wbf", dataset=None, gpus_per_me
                   "experiment": experiment_uri}
     fusion_uri = experiment_storage.join(ensemble_uri, "fusion.json")
     experiment_storage.write_text(fusion_uri, json.dumps(fusion_document(
-        [members[m] for m in final.members], final.params, data.class_names, data.category_ids, **provenance),
+        [fusion_members[m] for m in final.members], final.params, data.class_names, data.category_ids, **provenance),
         indent=2))
     summary = {
         "experiment": experiment_uri, "method": method, "dataset": provenance["dataset"],
         "splits": plan.as_dict(),
+        "tta": tta,
         "members": members_summary,
         "warnings": warnings,
         "best_single": best,
@@ -326,15 +351,20 @@ def print_summary(summary, summary_uri, stream=None):
     final_label, report_label, folds = splits["final_fit"]["split"], splits["report"]["split"], splits["folds"]
     parts = list(dict.fromkeys(label for fold in folds for label in (fold["fit"]["split"], fold["report"]["split"])))
     print(f"\nensemble of {summary['experiment']} ({splits['note']})", file=stream)
+    tta = summary["tta"]
+    headers = ["member", "family", "architecture", "mAP50 reported", "mAP50 val (re-scored)", "difference",
+               *(f"mAP50 {label}" for label in parts if label != "val")]
+    if tta != "none":
+        headers.append(f"mAP50 val (+{tta})")
     rows = []
     for m in summary["members"]:
         check = m["reported_vs_rescored"]
-        rows.append([m["trial_id"], m["family"], m["architecture"], f"{check['reported']:.4f}",
-                     f"{check['rescored']:.4f}", f"{check['difference']:+.4f}",
-                     *(f"{m['mAP50'][label]:.4f}" for label in parts if label != "val")])
-    print(tabulate(rows, headers=["member", "family", "architecture", "mAP50 reported", "mAP50 val (re-scored)",
-                                  "difference", *(f"mAP50 {label}" for label in parts if label != "val")],
-                   disable_numparse=True), file=stream)
+        row = [m["trial_id"], m["family"], m["architecture"], f"{check['reported']:.4f}", f"{check['rescored']:.4f}",
+               f"{check['difference']:+.4f}", *(f"{m['mAP50'][label]:.4f}" for label in parts if label != "val")]
+        if tta != "none":
+            row.append(f"{m[f'mAP50_{tta}']['val']:.4f}")
+        rows.append(row)
+    print(tabulate(rows, headers=headers, disable_numparse=True), file=stream)
 
     several = len(folds) > 1  # a column per fold; with one fold, its report column is the number to believe
 

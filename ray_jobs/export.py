@@ -5,9 +5,10 @@
 
 EXPERIMENT is <storage>/<name> of a tuned and ensembled experiment (leaderboard.json, ensemble/fusion.json and
 ensemble/summary.json). The bundle (layout in detfuse/bundle.py) holds the best checkpoint of each family and every
-ensemble member's checkpoint. The order of writes is what makes a failed export harmless: every bundle file, then
-manifest.json, then a check of every file at the destination, then latest.json. Running the same export again
-finds the bundle by its content hash and sends only what is missing or different.
+ensemble member's checkpoint, once per trial (a trial fused as itself and as <trial_id>+hflip has one checkpoint).
+The order of writes is what makes a failed export harmless: every bundle file, then manifest.json, then a check of
+every file at the destination, then latest.json. Running the same export again finds the bundle by its content
+hash and sends only what is missing or different.
 """
 
 import json
@@ -23,7 +24,7 @@ from detfuse import bundle, checkpoint_meta, experiment_storage
 from detfuse.ensemble_outputs import read_fusion_spec
 from detfuse.errors import UserError
 from detfuse.leaderboard import read_leaderboard, top_per_family
-from detfuse.member_predictions import local_checkpoint
+from detfuse.member_predictions import local_checkpoint, member_name
 from detfuse.storage.destination import open_destination
 
 # recorded in bundle.json: what produced the checkpoints and the fusion, to reproduce or debug a prediction later
@@ -129,7 +130,8 @@ def stage_bundle(experiment_uri, staging_dir):
         "dataset": dataset,
         "class_names": spec.class_names,
         "category_ids": spec.category_ids,
-        "ensemble": {"fusion": bundle.FUSION, "members": [member["trial_id"] for member in spec.members],
+        "ensemble": {"fusion": bundle.FUSION,
+                     "members": [member_name(member["trial_id"], member["tta"]) for member in spec.members],
                      "method": spec.params.method, "reported": fusion.get("reported")},
         "best_per_family": {family: {"trial_id": row["trial_id"], "architecture": row["architecture"],
                                      "checkpoint": checkpoints[row["trial_id"]]["path"],

@@ -50,6 +50,7 @@ def run_pipeline(config_path, overrides=(), verbose=False):
     run_stage(experiment, "ensemble", lambda: run_ensemble(experiment.uri, experiment.ensemble_top,
                                                            method=experiment.ensemble_method, seed=experiment.seed,
                                                            fit_mode=experiment.ensemble_fit_mode,
+                                                           tta=experiment.ensemble_tta,
                                                            verbose=verbose))
     run_stage(experiment, "export", lambda: run_export(experiment.uri, experiment.export_to,
                                                        S3Settings(sse=experiment.export_sse)))

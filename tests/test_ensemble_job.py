@@ -23,7 +23,7 @@ from detfuse.errors import UserError
 from detfuse.evaluation import Prediction, evaluate
 from detfuse.experiment_config import load_experiment
 from detfuse.fusion import FusionInputs, FusionParams
-from detfuse.member_predictions import as_predictions
+from detfuse.member_predictions import DEFAULT_TTA, as_predictions, member_name
 from detfuse.storage.s3 import upload_directory
 from ray_jobs.ensemble import parse_top, run_ensemble, select_members
 
@@ -91,6 +91,16 @@ def test_fit_mode_is_an_option_of_the_command_and_of_the_experiment():
     assert load_experiment(demo, ["ensemble.fit_mode=split"]).ensemble_fit_mode == "split"
     with pytest.raises(UserError, match="ensemble.fit_mode must be one of auto, cross, split .*got 'both'"):
         load_experiment(demo, ["ensemble.fit_mode=both"])
+
+
+def test_tta_is_an_option_of_the_command_and_of_the_experiment():
+    assert build_parser().parse_args(["ensemble", "exp"]).tta == DEFAULT_TTA
+    assert build_parser().parse_args(["ensemble", "exp", "--tta", "hflip"]).tta == "hflip"
+    demo = ROOT / "configs" / "demo.yaml"
+    assert load_experiment(demo).ensemble_tta == DEFAULT_TTA
+    assert load_experiment(demo, ["ensemble.tta=hflip"]).ensemble_tta == "hflip"
+    with pytest.raises(UserError, match="ensemble.tta must be one of none, hflip .*got 'vflip'"):
+        load_experiment(demo, ["ensemble.tta=vflip"])
 
 
 def read_json(path):
@@ -278,6 +288,68 @@ def test_rerun_through_the_script_reuses_cached_predictions(experiment):
     assert summary["final"]["fitted_on"] == summary["splits"]["folds"][0]["fit"]
     assert set(summary["cross_family"]["mAP50"]) == {"val/fit", "val/report"}
     assert summary["cross_family"]["folds"][0]["members"] == summary["cross_family"]["members"]
+
+
+@pytest.mark.slow
+def test_hflip_fuses_each_trial_also_on_mirrored_images_as_a_member_of_its_family(experiment, tmp_path, capsys):
+    experiment_uri, dataset_dir = experiment
+    copy = tmp_path / "flipped"  # the same trials with an empty prediction cache
+    copy.mkdir()
+    for name in ("leaderboard.json", "experiment.json"):
+        shutil.copy(Path(experiment_uri) / name, copy / name)
+
+    assert run_ensemble(str(copy), top=["1"], tta="hflip") == 0
+    printed = capsys.readouterr().out
+    assert "inference of 2 trial(s)" in printed  # a trial's two passes share one task
+    assert "mAP50 val (+hflip)" in printed
+    summary = read_json(copy / "ensemble" / "summary.json")
+    assert summary["tta"] == "hflip"
+    trials = [m["trial_id"] for m in summary["members"]]  # still one entry per trial
+    assert len(trials) == 2 and {m["family"] for m in summary["members"]} == FAMILIES
+    names = trials + [f"{trial_id}+hflip" for trial_id in trials]
+
+    # distinct cache files of distinct predictions; the summary's flipped mAP50 is that of the flipped file
+    cache = copy / "ensemble" / "predictions"
+    assert sorted(cache_files(copy)) == sorted(f"{name}-{split}.json" for name in names for split in ("val", "test"))
+    val = load_dataset(str(dataset_dir)).splits["val"]
+    differ = {}
+    for member in summary["members"]:
+        trial_id = member["trial_id"]
+        plain, flipped = read_json(cache / f"{trial_id}-val.json"), read_json(cache / f"{trial_id}+hflip-val.json")
+        assert (plain["tta"], flipped["tta"]) == ("none", "hflip") and plain["key"] != flipped["key"]
+        differ[member["family"]] = plain["predictions"] != flipped["predictions"]
+        assert set(member["mAP50_hflip"]) == set(member["mAP50"]) == {"val", "val/A", "val/B"}
+        assert member["mAP50_hflip"]["val"] == pytest.approx(
+            evaluate(val.coco, as_predictions(flipped["predictions"])).mAP50)
+        assert member["reported_vs_rescored"]["rescored"] == member["mAP50"]["val"]
+    # Detectron2's boxes follow the image after one epoch; YOLO's still cover all of it, the same either way
+    assert differ["detectron2"]
+    assert set(summary["timing"]["inference_s"]) == {f"{name}/{split}" for name in names for split in ("val", "test")}
+
+    # the flipped members are candidates like any other, each of its trial's family
+    cross = summary["cross_family"]
+    assert cross["candidates"] == names and summary["final"]["ensemble"] == "cross_family"
+    assert set(summary["family_ensembles"]) == FAMILIES  # a trial and its flip: two members of one family
+    for member in summary["members"]:
+        assert summary["family_ensembles"][member["family"]]["candidates"] == [member["trial_id"],
+                                                                                f"{member['trial_id']}+hflip"]
+    # fusion.json records each member's augmentation; the written outputs are the cross-family ensemble's
+    spec = read_fusion_spec(str(copy / "ensemble" / "fusion.json"))
+    assert [member_name(m["trial_id"], m["tta"]) for m in spec.members] == cross["members"]
+    fused = read_json(copy / "ensemble" / "fused_val.json")
+    assert fused and len(fused) == summary["outputs"]["val"]["predictions"]
+    predictions = [Prediction(r["image_id"], r["category_id"], (x, y, x + w, y + h), r["score"])
+                   for r in fused for x, y, w, h in [r["bbox"]]]
+    assert evaluate(val.coco, predictions).mAP50 == pytest.approx(cross["mAP50"]["val"], abs=1e-4)
+
+    # run again, with and without hflip: every prediction comes from the cache, and none is overwritten
+    before = cache_files(copy)
+    assert run_ensemble(str(copy), top=["1"], tta="hflip") == 0
+    assert run_ensemble(str(copy), top=["1"]) == 0
+    assert "inference of" not in capsys.readouterr().out and cache_files(copy) == before
+    summary = read_json(copy / "ensemble" / "summary.json")
+    assert summary["tta"] == "none" and "mAP50_hflip" not in summary["members"][0]
+    assert "+hflip" not in " ".join(summary["cross_family"]["candidates"])
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -52,12 +53,27 @@ def test_fusion_json_round_trips_and_reproduces_the_fusion(tmp_path):
                                                                                   params)
 
 
+def test_a_members_tta_is_recorded_and_a_fusion_json_without_it_means_none(tmp_path):
+    members = [*MEMBERS, replace(MEMBERS[1], tta="hflip")]  # t2 fused as it is and on mirrored images
+    document = fusion_document(members, FusionParams(), ["can", "bag"], CATEGORY_IDS)
+    path = tmp_path / "fusion.json"
+    path.write_text(json.dumps(document))
+    assert [(m["trial_id"], m["checkpoint"], m["tta"]) for m in read_fusion_spec(str(path)).members] == [
+        ("t1", MEMBERS[0].checkpoint, "none"), ("t2", MEMBERS[1].checkpoint, "none"),
+        ("t2", MEMBERS[1].checkpoint, "hflip")]
+    for member in document["members"]:  # as written before test-time augmentation existed
+        del member["tta"]
+    path.write_text(json.dumps(document))
+    assert [m["tta"] for m in read_fusion_spec(str(path)).members] == ["none", "none", "none"]
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(format="other"), "not a detfuse fusion file"),
     (lambda d: d["members"][0].pop("checkpoint"), "'members' must be a non-empty list"),
     (lambda d: d["members"][1].update(weight=-1), "member weights: weights must be positive"),
     (lambda d: d["params"].update(conf_type="median"), "conf_type 'median' does not apply"),
     (lambda d: d.update(class_names=["can"]), "'class_names' and 'category_ids' must be"),
+    (lambda d: d["members"][0].update(tta="vflip"), "member t1: tta 'vflip'; valid values are none, hflip"),
 ])
 def test_a_damaged_fusion_json_is_a_user_error_naming_the_file(tmp_path, change, message):
     document = fusion_document(MEMBERS, FusionParams(), ["can", "bag"], CATEGORY_IDS)

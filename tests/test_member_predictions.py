@@ -1,7 +1,8 @@
 """The per-member prediction cache on experiment storage, locally and on a real S3 server: it is reused only for
-the same checkpoint and dataset, and a checkpoint trained on other classes is refused."""
+the same checkpoint, dataset and augmentation, and a checkpoint trained on other classes is refused."""
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,7 @@ from detfuse import experiment_storage
 from detfuse.errors import UserError
 from detfuse.evaluation import Prediction
 from detfuse.member_predictions import (Member, cache_key, cache_uri, local_checkpoint, read_cached,
-                                        read_checkpoint_meta, write_cached)
+                                        read_checkpoint_meta, with_tta, write_cached)
 
 ROWS = [[1, 3, 10.0, 20.0, 30.5, 40.25, 0.75], [2, 7, 0.0, 0.0, 5.0, 5.0, 0.001]]
 
@@ -34,12 +35,22 @@ def round_trip(experiment_uri, checkpoint):
     write_cached(uri, key, m, "val", "fingerprint-1", ROWS, 1.5)
     assert read_cached(uri, key) == [Prediction(1, 3, (10.0, 20.0, 30.5, 40.25), 0.75),
                                      Prediction(2, 7, (0.0, 0.0, 5.0, 5.0), 0.001)]
-    # another checkpoint state, dataset, split or checkpoint URI: another key, so the file is not reused
+    # another checkpoint state, dataset, split, checkpoint URI or augmentation: another key, so no reuse
+    flipped = replace(m, tta="hflip")
     for other in (cache_key(m, '{"epoch": 2}', "fingerprint-1", "val"),
                   cache_key(m, '{"epoch": 1}', "fingerprint-2", "val"),
                   cache_key(m, '{"epoch": 1}', "fingerprint-1", "test"),
-                  cache_key(member(checkpoint + "x"), '{"epoch": 1}', "fingerprint-1", "val")):
+                  cache_key(member(checkpoint + "x"), '{"epoch": 1}', "fingerprint-1", "val"),
+                  cache_key(flipped, '{"epoch": 1}', "fingerprint-1", "val")):
         assert other != key and read_cached(uri, other) is None
+    # and the flipped predictions have a file of their own: a plain and a flipped run never overwrite each other
+    flipped_uri = cache_uri(experiment_uri, flipped, "val")
+    assert flipped_uri == f"{experiment_uri}/ensemble/predictions/trial_a+hflip-val.json"
+    flipped_key = cache_key(flipped, '{"epoch": 1}', "fingerprint-1", "val")
+    write_cached(flipped_uri, flipped_key, flipped, "val", "fingerprint-1", ROWS[:1], 1.5)
+    assert read_cached(flipped_uri, flipped_key) == [Prediction(1, 3, (10.0, 20.0, 30.5, 40.25), 0.75)]
+    assert len(read_cached(uri, key)) == 2
+    assert json.loads(experiment_storage.read_text(flipped_uri))["tta"] == "hflip"
 
 
 def test_cache_round_trip_on_local_storage(tmp_path):
@@ -70,3 +81,14 @@ def test_a_checkpoint_missing_on_this_node_is_explained(tmp_path):
     assert local_checkpoint(str(tmp_path)) == tmp_path
     with pytest.raises(UserError, match="is not a directory on this node.*must be shared"):
         local_checkpoint(str(tmp_path / "gone"))
+
+
+def test_hflip_adds_a_flipped_member_per_trial_after_the_plain_ones():
+    trials = [member("/c/a"), replace(member("/c/b"), trial_id="trial_b", family="detectron2")]
+    assert with_tta(trials, "none") == trials
+    inputs = with_tta(trials, "hflip")
+    assert [m.name for m in inputs] == ["trial_a", "trial_b", "trial_a+hflip", "trial_b+hflip"]
+    assert [m.family for m in inputs] == ["yolov5", "detectron2", "yolov5", "detectron2"]
+    assert inputs[3].checkpoint == "/c/b" and inputs[3].tta == "hflip"
+    with pytest.raises(UserError, match="--tta vflip: valid values are none, hflip"):
+        with_tta(trials, "vflip")

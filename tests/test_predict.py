@@ -1,11 +1,12 @@
 """`detfuse predict` on bundles exported from a tiny real experiment: one YOLOv5n and one Faster R-CNN trained for an
-epoch on a small synthetic set, fused as the ensemble job writes it, exported to a local directory and to a real
-SeaweedFS S3 server."""
+epoch on a small synthetic set, fused as the ensemble job writes it (also with a member on mirrored images),
+exported to a local directory and to a real SeaweedFS S3 server."""
 
 import collections
 import json
 import pathlib
 import shutil
+from dataclasses import replace
 
 import PIL.Image
 import PIL.ImageFile
@@ -18,8 +19,8 @@ from detfuse.cli import main
 from detfuse.data import load_dataset
 from detfuse.data.synthetic import generate
 from detfuse.ensemble_outputs import fusion_document, read_fusion_spec
-from detfuse.fusion import FusionParams, fuse_image
-from detfuse.member_predictions import Member
+from detfuse.fusion import FusionInputs, FusionParams, fuse_image
+from detfuse.member_predictions import Member, as_predictions, predict_member
 from detfuse.trial_config import validate_trial_config
 from ray_jobs.export import export_experiment
 
@@ -37,23 +38,25 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DETFUSE_CACHE", str(tmp_path / "cache"))
 
 
-def write_experiment(experiment, dataset, checkpoints):
-    """An experiment folder as tune + ensemble leave it, for {trial id: (architecture, checkpoint dir, mAP50)}."""
-    rows, members = [], []
+def write_experiment(experiment, dataset, checkpoints, fused=None, params=PARAMS):
+    """An experiment folder as tune + ensemble leave it, for {trial id: (architecture, checkpoint dir, mAP50)};
+    `fused`: the fusion's members as (trial id, tta), by default each trial as it is."""
+    rows, trials = [], {}
     for trial_id, (architecture, checkpoint, mAP50) in checkpoints.items():
         family = trainables.family_of(architecture)
         rows.append({"trial_id": trial_id, "family": family, "architecture": architecture, "hparams": {},
                      "max_epochs": 1.0, "best_mAP50": mAP50, "best_mAP50_95": mAP50, "best_epoch": 1.0,
                      "epochs_trained": 1.0, "stopped_early": False, "error": None, "checkpoint": str(checkpoint),
                      "path": str(checkpoint.parent)})
-        members.append(Member(trial_id, family, architecture, str(checkpoint), mAP50))
+        trials[trial_id] = Member(trial_id, family, architecture, str(checkpoint), mAP50)
+    members = [replace(trials[trial_id], tta=tta) for trial_id, tta in fused or [(t, "none") for t in trials]]
     (experiment / "ensemble").mkdir(parents=True)
     (experiment / "leaderboard.json").write_text(json.dumps(rows))
     (experiment / "experiment.json").write_text(json.dumps({"name": experiment.name, "dataset": str(dataset.root)}))
     provenance = {"dataset": {"spec": str(dataset.root), "name": dataset.name, "fingerprint": dataset.fingerprint}}
     (experiment / "ensemble" / "fusion.json").write_text(json.dumps(fusion_document(
-        members, PARAMS, dataset.class_names, dataset.category_ids, **provenance)))
-    (experiment / "ensemble" / "summary.json").write_text(json.dumps({"method": PARAMS.method}))
+        members, params, dataset.class_names, dataset.category_ids, **provenance)))
+    (experiment / "ensemble" / "summary.json").write_text(json.dumps({"method": params.method}))
     return experiment
 
 
@@ -142,6 +145,61 @@ def test_local_and_s3_bundles_predict_the_experiments_fused_detections(trained, 
     difference = ImageChops.difference(Image.open(tmp_path / "local" / "images" / first["file_name"]).convert("RGB"),
                                        Image.open(images[first["id"] - 1]).convert("RGB"))
     assert difference.getbbox() is not None, "threshold 0 draws every detection, yet the image is unchanged"
+
+
+def ensemble_job_fusion(spec, dataset):
+    """What the ensemble job fuses for `spec`'s members on the test split (its fused_test.json): each member's
+    predictions as its inference task makes them (detfuse.member_predictions), fused with spec's parameters."""
+    test = dataset.splits["test"]
+    predictions = []
+    for m in spec.members:
+        member = Member(m["trial_id"], m["family"], m["architecture"], m["checkpoint"], 0.0, m["tta"])
+        runs = predict_member(member, str(dataset.root), dataset.fingerprint, [("test", member.tta)], "cpu")
+        rows, _ = runs[("test", member.tta)]
+        predictions.append(as_predictions(rows))
+    return FusionInputs(predictions, test.coco["images"], dataset.category_ids).fuse(spec.weighted_params)
+
+
+def same_detections(annotations, predictions):
+    """Whether COCO annotations are the predictions, in order (image ids aside), up to the cache's rounding."""
+    return len(annotations) == len(predictions) and all(
+        a["category_id"] == p.category_id and a["score"] == pytest.approx(p.score, abs=1e-5)
+        and a["bbox"] == pytest.approx([p.box[0], p.box[1], p.box[2] - p.box[0], p.box[3] - p.box[1]], abs=1e-2)
+        for a, p in zip(annotations, predictions))
+
+
+def test_a_member_on_mirrored_images_is_exported_once_and_predicted_as_the_ensemble_job_fused_it(trained, tmp_path):
+    experiment, dataset, images = trained
+    plain = read_fusion_spec(str(experiment / "ensemble" / "fusion.json"))
+    checkpoints = {m["trial_id"]: (m["architecture"], pathlib.Path(m["checkpoint"]), 0.1) for m in plain.members}
+    fused = [("yolo_0", "none"), ("frcnn_0", "none"), ("frcnn_0", "hflip")]
+    params = FusionParams(method="wbf", iou_thr=0.5, skip_box_thr=0.001, conf_type="avg", weights=(1.0, 2.0, 1.0))
+    flipped = write_experiment(tmp_path / "storage" / "flipped", dataset, checkpoints, fused, params)
+
+    exported = export_experiment(str(flipped), str(tmp_path / "models"))
+    bundle_dir = tmp_path / "models" / exported.bundle_id
+    assert sorted(p.name for p in (bundle_dir / "checkpoints").iterdir()) == ["frcnn_0", "yolo_0"]  # one per trial
+    assert [(m["trial_id"], m["tta"], m["checkpoint"]) for m in read_fusion_spec(str(bundle_dir / "fusion.json"))
+            .members] == [("yolo_0", "none", "checkpoints/yolo_0"), ("frcnn_0", "none", "checkpoints/frcnn_0"),
+                          ("frcnn_0", "hflip", "checkpoints/frcnn_0")]
+    assert json.loads((bundle_dir / "bundle.json").read_text())["ensemble"]["members"] == [
+        "yolo_0", "frcnn_0", "frcnn_0+hflip"]
+    assert main(["predict", str(tmp_path / "models"), *map(str, images), "--out", str(tmp_path / "out")]) == 0
+
+    written = json.loads((tmp_path / "out" / "predictions.json").read_text())["annotations"]
+    spec = read_fusion_spec(str(flipped / "ensemble" / "fusion.json"))
+    expected = ensemble_job_fusion(spec, dataset)
+    test_ids = [image["id"] for image in dataset.splits["test"].coco["images"]]
+    assert written, "the fused ensemble found nothing: the comparison below proves little"
+    for index, image_id in enumerate(test_ids):  # predict numbers the images it is given from 1
+        assert same_detections([a for a in written if a["image_id"] == index + 1],
+                               [p for p in expected if p.image_id == image_id])
+    # and the mirrored pass mattered: with frcnn_0 as it is in its place, the fused detections differ
+    spec.members[2]["tta"] = "none"
+    unflipped = ensemble_job_fusion(spec, dataset)
+    assert not all(same_detections([a for a in written if a["image_id"] == index + 1],
+                                   [p for p in unflipped if p.image_id == image_id])
+                   for index, image_id in enumerate(test_ids))
 
 
 def flip_byte(path, offset):
@@ -241,7 +299,7 @@ def test_each_image_is_decoded_once(trained, exported, tmp_path, monkeypatch):
     local, _, _ = exported
 
     class NoDetections:  # the members read images their own way: only predict's own decoding is counted
-        def predict(self, paths):
+        def predict(self, paths, flip=False):
             return [[] for _ in paths]
 
     monkeypatch.setattr(predict, "load_members", lambda verified, spec, device: [NoDetections()] * len(spec.members))

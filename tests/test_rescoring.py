@@ -82,7 +82,8 @@ def test_a_checkpoint_rescored_in_a_fresh_worker_gives_its_reported_mAP50(family
     checkpoint, reported = checkpoints[family]
     dataset = load_dataset(str(photos))
     member = Member("t0", family, "any", str(checkpoint), reported)
-    rows, _ = ray.get(_predict_member_task.remote(member, str(photos), dataset.fingerprint, ["val"]))["val"]
+    runs = ray.get(_predict_member_task.remote(member, str(photos), dataset.fingerprint, [("val", "none")]))
+    rows, _ = runs[("val", "none")]
     val = dataset.splits["val"]
     rescored = evaluate(val.coco, as_predictions(rows)).mAP50
     print(family, reported, rescored)

@@ -15,8 +15,9 @@ def train(config):
 
 
 def load_predictor(checkpoint_dir, device="cpu"):
-    """A predictor for a trial checkpoint: `.predict(image_paths)` -> per image, [Detection(category_id, box,
-    score)] with COCO category ids and boxes x1, y1, x2, y2 in the original image's pixels."""
+    """A predictor for a trial checkpoint: `.predict(image_paths, flip=False)` -> per image, [Detection(category_id,
+    box, score)] with COCO category ids and boxes x1, y1, x2, y2 in the original image's pixels (`flip`: predicted
+    on the image mirrored left-right, boxes mapped back)."""
     from trainables.detectron2 import logs
 
     logs.hide_notices()

@@ -3,12 +3,15 @@
 The same class scores the model on the validation split during training and serves the ensemble job through
 `load_predictor`, so a checkpoint predicts at ensemble time exactly what it was scored on. Images are read
 and resized as detectron2's test-time DatasetMapper does (shortest edge to the config's test size).
+`predict(..., flip=True)` mirrors each decoded image left-right before the resize and maps the boxes back onto the
+image: test-time augmentation that the ensemble fuses as another member.
 
 Only images of the same resized shape share a batch: detectron2 pads a batch to its largest image, and with
 GroupNorm (whose statistics cover the padding) an image's detections would depend on its batch neighbours, so
 the trial's evaluation (sharded over DDP workers) and a re-scoring in the ensemble job would disagree.
 """
 
+import numpy as np
 import torch
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
@@ -22,12 +25,14 @@ from trainables.detectron2.adapters import ARCHITECTURES
 
 
 class _TestImages(torch.utils.data.Dataset):
-    """Image files as the model's test-time inputs: CHW float tensors plus the original height and width."""
+    """Image files as the model's test-time inputs: CHW float tensors plus the original height and width; each
+    image mirrored left-right first when `flip`."""
 
-    def __init__(self, paths, cfg):
+    def __init__(self, paths, cfg, flip):
         self.paths = [str(p) for p in paths]
         self.image_format = cfg.INPUT.FORMAT
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        self.flip = flip
 
     def __len__(self):
         return len(self.paths)
@@ -37,6 +42,8 @@ class _TestImages(torch.utils.data.Dataset):
             image = detection_utils.read_image(self.paths[index], format=self.image_format)
         except OSError as error:
             raise UserError(f"{self.paths[index]}: cannot read this image file ({error})") from None
+        if self.flip:
+            image = np.ascontiguousarray(image[:, ::-1])
         height, width = image.shape[:2]
         resized = self.resize.get_transform(image).apply_image(image)
         return {"image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
@@ -55,16 +62,17 @@ class Detectron2Predictor:
         self.workers = workers
         self.amp = amp and self.device.type == "cuda"
 
-    def predict(self, image_paths):
-        """One list of `Detection`s per image path, in the order given."""
-        loader = torch.utils.data.DataLoader(_TestImages(image_paths, self.cfg), batch_size=None,
+    def predict(self, image_paths, flip=False):
+        """One list of `Detection`s per image path, in the order given. `flip`: predict each image mirrored
+        left-right, boxes mapped back onto the image as it is."""
+        loader = torch.utils.data.DataLoader(_TestImages(image_paths, self.cfg, flip), batch_size=None,
                                              num_workers=self.workers, generator=torch.Generator())
         results = [None] * len(loader.dataset)
         by_shape = {}  # resized (height, width) -> [(index, model input)] waiting for a full batch
 
         def run(batch):
-            for (index, _), output in zip(batch, self.model([inputs for _, inputs in batch])):
-                results[index] = self._detections(output["instances"])
+            for (index, inputs), output in zip(batch, self.model([inputs for _, inputs in batch])):
+                results[index] = self._detections(output["instances"], inputs["width"], flip)
 
         was_training = self.model.training
         self.model.eval()
@@ -81,9 +89,12 @@ class Detectron2Predictor:
             self.model.train(was_training)
         return results
 
-    def _detections(self, instances):
+    def _detections(self, instances, width, flip):
         instances = instances.to("cpu")
-        boxes = instances.pred_boxes.tensor.float().tolist()
+        boxes = instances.pred_boxes.tensor.float()
+        if flip:  # x1, x2 on the mirror image are W - x2, W - x1 on the image
+            boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
+        boxes = boxes.tolist()
         scores = instances.scores.float().tolist()
         classes = instances.pred_classes.tolist()
         return [Detection(self.category_ids[c], tuple(box), score) for box, score, c in zip(boxes, scores, classes)]

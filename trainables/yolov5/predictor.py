@@ -3,6 +3,8 @@
 The same code serves the per-epoch evaluation during training (on the EMA model) and the ensemble job (on a
 checkpoint through `load_predictor`), so a checkpoint predicts at ensemble time exactly what it was scored on.
 Images are letterboxed to the square training size, as Ultralytics' predictor does with fixed shapes.
+`predict(..., flip=True)` mirrors each decoded image left-right before the letterbox and maps the boxes back onto
+the image: test-time augmentation that the ensemble fuses as another member.
 
 Boxes are selected by `select_detections`, not Ultralytics' `non_max_suppression`: that one stops after a
 wall-clock limit and silently returns nothing for the rest of the batch, and it takes a pure-Python NMS loop
@@ -31,11 +33,13 @@ from trainables.yolov5 import checkpoint  # noqa: E402
 
 
 class _LetterboxedImages(torch.utils.data.Dataset):
-    """Image files as letterboxed RGB uint8 tensors, with each original (height, width)."""
+    """Image files as letterboxed RGB uint8 tensors, with each original (height, width); each image mirrored
+    left-right first when `flip`."""
 
-    def __init__(self, paths, image_size):
+    def __init__(self, paths, image_size, flip):
         self.paths = list(paths)
         self.letterbox = LetterBox(new_shape=(image_size, image_size), auto=False, scaleup=True)
+        self.flip = flip
 
     def __len__(self):
         return len(self.paths)
@@ -44,6 +48,8 @@ class _LetterboxedImages(torch.utils.data.Dataset):
         image = imread(self.paths[index])  # BGR
         if image is None:
             raise UserError(f"{self.paths[index]}: cannot read this image file")
+        if self.flip:
+            image = np.ascontiguousarray(image[:, ::-1])
         boxed = self.letterbox(image=image)
         return torch.from_numpy(np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1))), image.shape[:2]
 
@@ -68,10 +74,11 @@ class YoloPredictor:
         self.batch_size = batch_size
         self.workers = workers
 
-    def predict(self, image_paths):
-        """One list of `Detection`s per image path, in the order given."""
+    def predict(self, image_paths, flip=False):
+        """One list of `Detection`s per image path, in the order given. `flip`: predict each image mirrored
+        left-right, boxes mapped back onto the image as it is."""
         loader = torch.utils.data.DataLoader(
-            _LetterboxedImages(image_paths, self.image_size), batch_size=self.batch_size,
+            _LetterboxedImages(image_paths, self.image_size, flip), batch_size=self.batch_size,
             num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
         )
         results = []
@@ -82,11 +89,14 @@ class YoloPredictor:
                 images = images.to(self.device, non_blocking=True).float() / 255
                 outputs = select_detections(self.model(images), self.confidence, self.iou, self.max_detections)
                 for output, shape in zip(outputs, shapes):
-                    results.append(self._detections(output, images.shape[2:], shape))
+                    results.append(self._detections(output, images.shape[2:], shape, flip))
         return results
 
-    def _detections(self, output, letterboxed_shape, original_shape):
-        boxes = ops.scale_boxes(letterboxed_shape, output[:, :4].clone(), original_shape).tolist()
+    def _detections(self, output, letterboxed_shape, original_shape, flip):
+        boxes = ops.scale_boxes(letterboxed_shape, output[:, :4].clone(), original_shape)
+        if flip:  # x1, x2 on the mirror image are W - x2, W - x1 on the image
+            boxes[:, [0, 2]] = original_shape[1] - boxes[:, [2, 0]]
+        boxes = boxes.tolist()
         scores = output[:, 4].tolist()
         classes = output[:, 5].long().tolist()
         return [Detection(self.category_ids[c], tuple(box), score) for box, score, c in zip(boxes, scores, classes)]
