@@ -3,15 +3,17 @@
 # Does the cross-family ensemble beat the best single model and every same-family ensemble, and does every
 # member re-score to the mAP50 its trial reported?
 #
-#   DATA=path/to/coco-dataset OUT=results-dir [STEP_SECONDS=480] bash benchmarks/ensemble_quality.sh
+#   DATA=path/to/coco-dataset OUT=results-dir [STEP_SECONDS=480] [SEED=0] [TOP=2] [TTA=hflip] \
+#     bash benchmarks/ensemble_quality.sh
 #
 # Each run works at most STEP_SECONDS, then stops the pipeline with SIGINT (Tune saves its state); run the same
 # command again to go on where it stopped, until it prints the table (OUT/quality.md). Expects detfuse's
 # dependencies importable (PYTHONPATH may point at a staged site directory) and detectron2 installed.
 #
 # The budget: the machine's GPUs are shared out so that the detectron2 trials (2 Faster R-CNN, 2 RetinaNet, a
-# quarter of the GPUs each) and the YOLO trials (4 YOLOv5s, an eighth each) run side by side with the same share
-# per family; GPU-seconds per family are counted from the trials' own time and printed with the table.
+# quarter of the GPUs each, 10 epochs at most) and the YOLO trials (4 YOLOv5s, an eighth each, 80 epochs at most)
+# run side by side; GPU-seconds per family are counted from the trials' own time and printed with the table.
+# The ensemble takes the top TOP trials of each family, with TTA=hflip each also on mirrored images.
 set -euo pipefail
 : "${DATA:?set DATA to a COCO dataset directory}" "${OUT:?set OUT to a results directory}"
 STEP_SECONDS=${STEP_SECONDS:-480}
@@ -33,8 +35,8 @@ spaces:
   - {space: $here/benchmarks/spaces/quality_retinanet.yaml, num_samples: 2, resources: {$d2}}
   - {space: $here/benchmarks/spaces/quality_yolov5s.yaml, num_samples: 4, resources: {$yolo}}
 scheduler: {reduction_factor: 3}
-ensemble: {top: 4}
-seed: 0
+ensemble: {top: ${TOP:-2}, tta: ${TTA:-hflip}}
+seed: ${SEED:-0}
 YAML
 fi
 echo "step started $(date -u +%FT%TZ)" >> "$OUT/steps.log"

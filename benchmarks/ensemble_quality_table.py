@@ -38,12 +38,14 @@ def main(experiment, card=None):
               f"{sum(row['epochs_trained'] for row in mine):.0f} | {sum(gpu_seconds(row) for row in mine):.0f} |")
 
     print("\n| member | family | architecture | mAP50 reported by its trial | re-scored by the ensemble stage | "
-          "difference |")
-    print("|---|---|---|---|---|---|")
+          "difference | mAP50 on mirrored images |")
+    print("|---|---|---|---|---|---|---|")
     for member in summary["members"]:
         check = member["reported_vs_rescored"]
+        flipped = member.get("mAP50_hflip", {}).get("val")
         print(f"| {member['trial_id']} | {member['family']} | {member['architecture']} | {check['reported']:.4f} | "
-              f"{check['rescored']:.4f} | {check['difference']:+.4f} |")
+              f"{check['rescored']:.4f} | {check['difference']:+.4f} | "
+              f"{'-' if flipped is None else f'{flipped:.4f}'} |")
 
     named = [(f"best single ({summary['best_single']['trial_id']})", summary["best_single"])]
     named += [(f"{family} ensemble", entry) for family, entry in sorted(summary["family_ensembles"].items())]
