@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from detfuse.ensemble_outputs import coco_results, fusion_document, read_fusion_spec, submission_csv
-from detfuse.errors import UserError
-from detfuse.evaluation import Prediction
-from detfuse.fusion import FusionParams, fuse
-from detfuse.member_predictions import Member
+from detfuse.stages.ensemble_outputs import coco_results, fusion_document, read_fusion_spec, submission_csv
+from detfuse.core.errors import UserError
+from detfuse.core.evaluation import Prediction
+from detfuse.core.fusion import FusionParams, fuse
+from detfuse.stages.member_predictions import Member
 
 IMAGES = [{"id": 4, "file_name": "test/0000.jpg", "width": 200, "height": 100},
           {"id": 9, "file_name": "test/0001.jpg", "width": 200, "height": 100}]

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from s3_server import ACCESS_KEY, SECRET_KEY, S3Server
 
-from detfuse.bundle import open_bundle, parse_latest
-from detfuse.cli import main
-from detfuse.ensemble_outputs import fusion_document, read_fusion_spec
-from detfuse.errors import UserError
-from detfuse.fusion import FusionParams
-from detfuse.member_predictions import Member
-from detfuse.storage.s3 import S3Settings
-from ray_jobs.export import export_experiment
+from detfuse.stages.bundle import open_bundle, parse_latest
+from detfuse.stages.cli import main
+from detfuse.stages.ensemble_outputs import fusion_document, read_fusion_spec
+from detfuse.core.errors import UserError
+from detfuse.core.fusion import FusionParams
+from detfuse.stages.member_predictions import Member
+from detfuse.core.storage.s3 import S3Settings
+from detfuse.stages.export import export_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ["bottle", "can", "bag"]

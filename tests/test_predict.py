@@ -14,15 +14,16 @@ import pytest
 import torch
 
 import trainables
-from detfuse import predict, trial
-from detfuse.cli import main
-from detfuse.data import load_dataset
-from detfuse.data.synthetic import generate
-from detfuse.ensemble_outputs import fusion_document, read_fusion_spec
-from detfuse.fusion import FusionInputs, FusionParams, fuse_image
-from detfuse.member_predictions import Member, as_predictions, predict_member
-from detfuse.trial_config import validate_trial_config
-from ray_jobs.export import export_experiment
+from detfuse.core import trial_link
+from detfuse.stages import predict
+from detfuse.stages.cli import main
+from detfuse.core.data import load_dataset
+from detfuse.core.data.synthetic import generate
+from detfuse.stages.ensemble_outputs import fusion_document, read_fusion_spec
+from detfuse.core.fusion import FusionInputs, FusionParams, fuse_image
+from detfuse.stages.member_predictions import Member, as_predictions, predict_member
+from trainables.trial_config import resolve_trial_config
+from detfuse.stages.export import export_experiment
 
 TRIALS = {  # trial id -> architecture, hparams: as small as both families allow
     "yolo_0": ("yolov5n", {"image_size": 160, "batch_size": 8, "nominal_batch_size": 8, "close_mosaic": 0,
@@ -67,14 +68,14 @@ def trained(tmp_path_factory):
     dataset = load_dataset(str(generate(root / "litter", seed=2, num_train=16, num_val=6, num_test=3)))
     checkpoints = {}
     for trial_id, (architecture, hparams) in TRIALS.items():
-        config = validate_trial_config({"architecture": architecture, "dataset": str(dataset.root), "max_epochs": 1,
+        config = resolve_trial_config({"architecture": architecture, "dataset": str(dataset.root), "max_epochs": 1,
                                         "eval_every": 1, "hparams": hparams}, trial_id)
-        run = trial.LocalRun(root / "runs" / trial_id)
-        trial.use_local_run(run)
+        run = trial_link.LocalRun(root / "runs" / trial_id)
+        trial_link.use_local_run(run)
         try:
             trainables.load_family(config["family"]).train(config)
         finally:
-            trial.use_local_run(None)
+            trial_link.use_local_run(None)
         mAP50 = json.loads(run.metrics_log.read_text().splitlines()[-1])["mAP50"]
         checkpoints[trial_id] = (architecture, run.latest_checkpoint(), mAP50)
     experiment = write_experiment(root / "storage" / "tiny", dataset, checkpoints)
@@ -149,7 +150,7 @@ def test_local_and_s3_bundles_predict_the_experiments_fused_detections(trained, 
 
 def ensemble_job_fusion(spec, dataset):
     """What the ensemble job fuses for `spec`'s members on the test split (its fused_test.json): each member's
-    predictions as its inference task makes them (detfuse.member_predictions), fused with spec's parameters."""
+    predictions as its inference task makes them (detfuse.stages.member_predictions), fused with spec's parameters."""
     test = dataset.splits["test"]
     predictions = []
     for m in spec.members:

@@ -22,8 +22,8 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
 from torch.nn.parallel import DistributedDataParallel
 
-from detfuse.errors import UserError
-from detfuse.evaluation import Prediction, evaluate
+from detfuse.core.errors import UserError
+from detfuse.core.evaluation import Prediction, evaluate
 from trainables.detectron2 import checkpoints, loader
 from trainables.detectron2.predictor import Detectron2Predictor
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detfuse import checkpoint_meta
-from detfuse.errors import UserError
+from detfuse.core import checkpoint_meta
+from detfuse.core.errors import UserError
 
 FAMILY = "yolov5"
 WEIGHTS_FILE = "weights.pt"
