@@ -1,6 +1,7 @@
 """One process's share of a detectron2 trial: the whole trial, or one DDP worker (ddp.py), from a resolved config."""
 
 from detfuse.core.errors import UserError
+from detfuse.core.storage.s3 import local_path
 from trainables.detectron2 import logs
 from trainables.detectron2.adapters import ARCHITECTURES, Schedule
 from trainables.detectron2.resources import trial_workers
@@ -47,7 +48,7 @@ def run_worker(config, checkpoint_dir, report, device, progress=False):
                         "training": checkpoints.read_training_state(checkpoint_dir)}
     else:
         seed_all_rng(config["seed"] + comm.get_rank())
-        weights = local_weights(config["weights"])
+        weights = None if config["weights"] is None else str(local_path(config["weights"]))
     trainer = Trainer(cfg, data, report, resume_state=resume_state, weights=weights,
                       verbose=config["verbose"], progress=progress)
     trainer.train()
@@ -59,17 +60,6 @@ def data_workers(config, device):
         return 0
     cpus = config["resources"]["cpu"] / trial_workers(config["resources"])
     return max(0, min(4, int(cpus) - 1))
-
-
-def local_weights(weights):
-    """A local file for the trial's `weights` (path or s3:// URI, fetched once per node); None when unset."""
-    if weights is None:
-        return None
-    if weights.startswith("s3://"):
-        from detfuse.core.storage.s3 import fetch
-
-        return fetch(weights)
-    return weights
 
 
 def _check_same_trial(meta, data, checkpoint_dir):

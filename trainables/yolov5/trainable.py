@@ -81,10 +81,10 @@ def _initial_weights(source):
     """The model to initialise from: an Ultralytics .pt file or a detfuse yolov5 checkpoint directory."""
     if source is None:
         return None
-    from detfuse.core.storage.s3 import fetch, is_s3_uri
+    from detfuse.core.storage.s3 import local_path
     from trainables.yolov5.predictor import build_model
 
-    path = fetch(source) if is_s3_uri(source) else Path(source).expanduser()
+    path = local_path(source)
     if path.is_dir():
         meta = checkpoint.read_meta(path)
         model = build_model(meta["architecture"], len(meta["class_names"]))

@@ -34,6 +34,7 @@ from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
 from detfuse.core import trial_link  # noqa: E402
 from detfuse.core.evaluation import Prediction, evaluate  # noqa: E402
+from detfuse.core.rng_state import restore_rng_state, rng_state  # noqa: E402
 from trainables.yolov5 import checkpoint  # noqa: E402
 from trainables.yolov5.predictor import YoloPredictor  # noqa: E402
 from trainables.yolov5.sampler import RepeatFactorSampler, repeat_factors  # noqa: E402
@@ -129,7 +130,7 @@ class YoloTrialTrainer(DetectionTrainer):
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = state["epoch"] + 1
         self.sampler.next_epoch = self.start_epoch
-        checkpoint.restore_rng_state(state["rng"])
+        restore_rng_state(state["rng"], self.device)
 
     def validate(self):
         """Score the EMA model with the project's evaluator, on every `eval_interval`-th epoch and the last."""
@@ -174,7 +175,7 @@ class YoloTrialTrainer(DetectionTrainer):
         trainer_state = {
             "model": unwrap_model(self.model).state_dict(), "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch, "rng": checkpoint.rng_state(),
+            "epoch": self.epoch, "rng": rng_state(self.device),
         }
         checkpoint.write(self.plan.checkpoint_dir, meta, self.ema.ema.state_dict(), trainer_state)
         return True

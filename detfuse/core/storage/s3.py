@@ -143,6 +143,11 @@ def _relative_path(key: str, prefix: str) -> PurePosixPath:
     return relative
 
 
+def local_path(path_or_uri) -> Path:
+    """A local path for a file or directory given as a path or an s3:// URI (fetched once per node: `fetch`)."""
+    return fetch(path_or_uri) if is_s3_uri(path_or_uri) else Path(path_or_uri).expanduser()
+
+
 def fetch(uri: str, settings: S3Settings | None = None) -> Path:
     """Local copy of an S3 object (returns the file) or of every object under a prefix (returns the directory).
 
