@@ -23,7 +23,7 @@ from detfuse.core.errors import UserError
 from detfuse.core.evaluation import Prediction, evaluate
 from detfuse.stages.experiment import load_experiment
 from detfuse.core.fusion import FusionInputs, FusionParams
-from detfuse.stages.member_predictions import DEFAULT_TTA, as_predictions, member_name
+from detfuse.stages.member_predictions import DEFAULT_TTA, as_predictions
 from s3_uploads import upload_directory
 from detfuse.stages.cli import parse_top
 from detfuse.stages.ensemble import run_ensemble, select_members
@@ -205,7 +205,7 @@ def test_ensemble_of_both_families(experiment, capsys):
     # re-scoring that file on val gives the (in-sample) number the summary gives it
     spec = read_fusion_spec(str(Path(experiment_uri) / "ensemble" / "fusion.json"))
     fusion = read_json(Path(experiment_uri) / "ensemble" / "fusion.json")
-    assert [m["trial_id"] for m in spec.members] == cross["members"]
+    assert [m.trial_id for m in spec.members] == cross["members"]
     assert fusion["fitted_on"] == {"split": "val", "images": len(val_ids), "seed": 0, "fit_mode": "cross"}
     assert fusion["reported"] == {"split": "val/cross-fitted", "images": len(val_ids),
                                   "mAP50": cross["mAP50"]["val/cross-fitted"]}
@@ -336,7 +336,7 @@ def test_hflip_fuses_each_trial_also_on_mirrored_images_as_a_member_of_its_famil
                                                                                 f"{member['trial_id']}+hflip"]
     # fusion.json records each member's augmentation; the written outputs are the cross-family ensemble's
     spec = read_fusion_spec(str(copy / "ensemble" / "fusion.json"))
-    assert [member_name(m["trial_id"], m["tta"]) for m in spec.members] == cross["members"]
+    assert [m.name for m in spec.members] == cross["members"]
     fused = read_json(copy / "ensemble" / "fused_val.json")
     assert fused and len(fused) == summary["outputs"]["val"]["predictions"]
     predictions = [Prediction(r["image_id"], r["category_id"], (x, y, x + w, y + h), r["score"])
@@ -400,4 +400,4 @@ def test_experiment_on_s3(experiment, s3_bucket):
     rows = list(csv.DictReader(experiment_storage.read_text(f"{experiment_uri}/ensemble/fused_val.csv").splitlines()))
     assert len(rows) == 24
     spec = read_fusion_spec(f"{experiment_uri}/ensemble/fusion.json")
-    assert all(m["checkpoint"].startswith("s3://") for m in spec.members)
+    assert all(m.checkpoint.startswith("s3://") for m in spec.members)

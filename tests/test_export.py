@@ -109,8 +109,8 @@ def test_local_export_writes_a_verifiable_bundle_and_a_rerun_sends_nothing(tmp_p
     assert description["ensemble"]["members"] == ["yolo_1", "d2_1"]
     assert description["versions"]["python"] and description["versions"]["torch"]
     spec = read_fusion_spec(str(bundle_dir / "fusion.json"))
-    assert [m["checkpoint"] for m in spec.members] == [f"checkpoints/{m['trial_id']}" for m in spec.members]
-    assert [m["weight"] for m in spec.members] == [2.0, 1.0] and spec.params.iou_thr == 0.6
+    assert [m.checkpoint for m in spec.members] == [f"checkpoints/{m.trial_id}" for m in spec.members]
+    assert [m.weight for m in spec.members] == [2.0, 1.0] and spec.params.iou_thr == 0.6
     metrics = json.loads((bundle_dir / "metrics.json").read_text())
     assert metrics["leaderboard"] == json.loads((experiment / "leaderboard.json").read_text())
     assert metrics["ensemble"] == json.loads((experiment / "ensemble" / "summary.json").read_text())

@@ -110,7 +110,7 @@ def test_local_and_s3_bundles_predict_the_experiments_fused_detections(trained, 
 
     # the same numbers as the experiment's own members, fused with its own fitted parameters
     spec = read_fusion_spec(str(experiment / "ensemble" / "fusion.json"))
-    outputs = [trainables.load_family(m["family"]).load_predictor(m["checkpoint"], "cpu").predict(images)
+    outputs = [trainables.load_family(m.family).load_predictor(m.checkpoint, "cpu").predict(images)
                for m in spec.members]
     coco = json.loads((tmp_path / "local" / "predictions.json").read_text())
     sizes = []
@@ -154,7 +154,7 @@ def ensemble_job_fusion(spec, dataset):
     test = dataset.splits["test"]
     predictions = []
     for m in spec.members:
-        member = Member(m["trial_id"], m["family"], m["architecture"], m["checkpoint"], 0.0, m["tta"])
+        member = Member(m.trial_id, m.family, m.architecture, m.checkpoint, 0.0, m.tta)
         runs = predict_member(member, str(dataset.root), dataset.fingerprint, [("test", member.tta)], "cpu")
         rows, _ = runs[("test", member.tta)]
         predictions.append(as_predictions(rows))
@@ -172,7 +172,7 @@ def same_detections(annotations, predictions):
 def test_a_member_on_mirrored_images_is_exported_once_and_predicted_as_the_ensemble_job_fused_it(trained, tmp_path):
     experiment, dataset, images = trained
     plain = read_fusion_spec(str(experiment / "ensemble" / "fusion.json"))
-    checkpoints = {m["trial_id"]: (m["architecture"], pathlib.Path(m["checkpoint"]), 0.1) for m in plain.members}
+    checkpoints = {m.trial_id: (m.architecture, pathlib.Path(m.checkpoint), 0.1) for m in plain.members}
     fused = [("yolo_0", "none"), ("frcnn_0", "none"), ("frcnn_0", "hflip")]
     params = FusionParams(method="wbf", iou_thr=0.5, skip_box_thr=0.001, conf_type="avg", weights=(1.0, 2.0, 1.0))
     flipped = write_experiment(tmp_path / "storage" / "flipped", dataset, checkpoints, fused, params)
@@ -180,7 +180,7 @@ def test_a_member_on_mirrored_images_is_exported_once_and_predicted_as_the_ensem
     exported = export_experiment(str(flipped), str(tmp_path / "models"))
     bundle_dir = tmp_path / "models" / exported.bundle_id
     assert sorted(p.name for p in (bundle_dir / "checkpoints").iterdir()) == ["frcnn_0", "yolo_0"]  # one per trial
-    assert [(m["trial_id"], m["tta"], m["checkpoint"]) for m in read_fusion_spec(str(bundle_dir / "fusion.json"))
+    assert [(m.trial_id, m.tta, m.checkpoint) for m in read_fusion_spec(str(bundle_dir / "fusion.json"))
             .members] == [("yolo_0", "none", "checkpoints/yolo_0"), ("frcnn_0", "none", "checkpoints/frcnn_0"),
                           ("frcnn_0", "hflip", "checkpoints/frcnn_0")]
     assert json.loads((bundle_dir / "bundle.json").read_text())["ensemble"]["members"] == [
@@ -196,7 +196,7 @@ def test_a_member_on_mirrored_images_is_exported_once_and_predicted_as_the_ensem
         assert same_detections([a for a in written if a["image_id"] == index + 1],
                                [p for p in expected if p.image_id == image_id])
     # and the mirrored pass mattered: with frcnn_0 as it is in its place, the fused detections differ
-    spec.members[2]["tta"] = "none"
+    spec.members[2] = replace(spec.members[2], tta="none")
     unflipped = ensemble_job_fusion(spec, dataset)
     assert not all(same_detections([a for a in written if a["image_id"] == index + 1],
                                    [p for p in unflipped if p.image_id == image_id])
@@ -264,9 +264,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(trained, tmp_path, capsys):
     spec = read_fusion_spec(str(experiment / "ensemble" / "fusion.json"))
     checkpoints = {}
     for member in spec.members:
-        checkpoint = tmp_path / "checkpoints" / member["trial_id"]
-        shutil.copytree(member["checkpoint"], checkpoint)
-        checkpoints[member["trial_id"]] = (member["architecture"], checkpoint, 0.1)
+        checkpoint = tmp_path / "checkpoints" / member.trial_id
+        shutil.copytree(member.checkpoint, checkpoint)
+        checkpoints[member.trial_id] = (member.architecture, checkpoint, 0.1)
     marker = tmp_path / "code-ran"
     torch.save({"model.0.conv.weight": _RunsCode(marker)}, checkpoints["yolo_0"][1] / "weights.pt")
     evil = write_experiment(tmp_path / "storage" / "evil", dataset, checkpoints)

@@ -13,12 +13,12 @@
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from detfuse.core.storage import experiment_storage
 from detfuse.core.errors import UserError
 from detfuse.core.fusion import FusionParams
-from detfuse.stages.member_predictions import TTA_MODES
+from detfuse.stages.member_predictions import TTA_MODES, member_name
 
 FUSION_FORMAT = "detfuse-fusion/1"
 MEMBER_KEYS = ("trial_id", "family", "architecture", "checkpoint", "weight")  # and "tta", "none" when absent
@@ -46,9 +46,28 @@ def submission_csv(predictions, images, category_ids):
     return text.getvalue()
 
 
+@dataclass(frozen=True)
+class FusedMember:
+    """A member as fusion.json records it: the checkpoint that predicts, how (tta), and its weight in the fusion."""
+
+    trial_id: str
+    family: str
+    architecture: str
+    checkpoint: str  # URI of the checkpoint directory, or its folder inside an export bundle
+    tta: str
+    weight: float
+
+    @property
+    def name(self):
+        return member_name(self.trial_id, self.tta)
+
+    def as_dict(self):
+        return asdict(self)
+
+
 @dataclass
 class FusionSpec:
-    members: list  # dicts with MEMBER_KEYS and tta, in fusion order
+    members: list  # FusedMember, in fusion order
     params: FusionParams  # params.weights is None: each member's weight is in `members`
     class_names: list
     category_ids: list
@@ -56,7 +75,7 @@ class FusionSpec:
     @property
     def weighted_params(self):
         """The parameters with the members' weights, ready for detfuse.core.fusion."""
-        weights = tuple(float(m["weight"]) for m in self.members)
+        weights = tuple(m.weight for m in self.members)
         return FusionParams(**{**self.params.as_dict(), "weights": None if len(set(weights)) <= 1 else weights})
 
 
@@ -85,11 +104,12 @@ def read_fusion_spec(uri):
     if not isinstance(members, list) or not members or not all(
             isinstance(m, dict) and set(MEMBER_KEYS) <= set(m) for m in members):
         raise UserError(f"{uri}: 'members' must be a non-empty list of objects with {', '.join(MEMBER_KEYS)}")
-    members = [{**member, "tta": member.get("tta", "none")} for member in members]
     for member in members:
-        if member["tta"] not in TTA_MODES:
+        if member.get("tta", "none") not in TTA_MODES:
             raise UserError(f"{uri}: member {member['trial_id']}: tta {member['tta']!r}; valid values are "
                             f"{', '.join(TTA_MODES)}")
+    members = [FusedMember(member["trial_id"], member["family"], member["architecture"], member["checkpoint"],
+                           member.get("tta", "none"), float(member["weight"])) for member in members]
     class_names, category_ids = document.get("class_names"), document.get("category_ids")
     if not (isinstance(class_names, list) and isinstance(category_ids, list) and class_names
             and len(class_names) == len(category_ids)):

@@ -25,7 +25,7 @@ from detfuse.stages import bundle
 from detfuse.stages.ensemble_outputs import read_fusion_spec
 from detfuse.core.errors import UserError
 from detfuse.stages.leaderboard import read_leaderboard, top_per_family
-from detfuse.stages.member_predictions import local_checkpoint, member_name
+from detfuse.stages.member_predictions import local_checkpoint
 from detfuse.core.storage.destination import open_destination
 from detfuse.core.storage.s3 import S3Settings
 
@@ -100,7 +100,9 @@ def stage_bundle(experiment_uri, staging_dir, name=None):
                         f"to write a current fusion.json")
 
     # what goes in: every ensemble member, then the best trial of each family (often already a member)
-    trials = {member["trial_id"]: dict(member) for member in spec.members}
+    trials = {member.trial_id: {key: getattr(member, key) for key in ("trial_id", "family", "architecture",
+                                                                    "checkpoint")}
+              for member in spec.members}
     best = {family: family_rows[0] for family, family_rows in sorted(top_per_family(rows, 1).items())}
     for row in best.values():
         trials.setdefault(row["trial_id"], {key: row[key] for key in ("trial_id", "family", "architecture",
@@ -118,8 +120,8 @@ def stage_bundle(experiment_uri, staging_dir, name=None):
                                  "path": directory, "source": trial["checkpoint"]}
 
     name = name or _experiment_name(experiment_uri)
-    bundled_fusion = {**fusion, "members": [{**member, "checkpoint": checkpoints[member["trial_id"]]["path"],
-                                             "source_checkpoint": member["checkpoint"]} for member in spec.members]}
+    bundled_fusion = {**fusion, "members": [{**member.as_dict(), "checkpoint": checkpoints[member.trial_id]["path"],
+                                             "source_checkpoint": member.checkpoint} for member in spec.members]}
     description = {
         "format": bundle.BUNDLE_FORMAT,
         "experiment": {"name": name, "uri": experiment_uri},
@@ -127,7 +129,7 @@ def stage_bundle(experiment_uri, staging_dir, name=None):
         "class_names": spec.class_names,
         "category_ids": spec.category_ids,
         "ensemble": {"fusion": bundle.FUSION,
-                     "members": [member_name(member["trial_id"], member["tta"]) for member in spec.members],
+                     "members": [member.name for member in spec.members],
                      "method": spec.params.method, "reported": fusion.get("reported")},
         "best_per_family": {family: {"trial_id": row["trial_id"], "architecture": row["architecture"],
                                      "checkpoint": checkpoints[row["trial_id"]]["path"],

@@ -23,7 +23,6 @@ from detfuse.stages import bundle
 from detfuse.stages.ensemble_outputs import coco_results, read_fusion_spec, submission_csv
 from detfuse.core.errors import UserError
 from detfuse.core.fusion import fuse_image
-from detfuse.stages.member_predictions import member_name
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_DRAW_THRESHOLD = 0.3
@@ -92,19 +91,19 @@ def load_members(verified, spec, device):
     covered = {entry.path for entry in verified.entries}
     loaded, checkpoints = {}, []  # checkpoint folder -> its predictor; each member's checkpoint folder
     for member in spec.members:
-        where = f"{verified.uri}/{bundle.FUSION}: member {member_name(member['trial_id'], member['tta'])}"
-        relative = str(member["checkpoint"]).strip("/")
+        where = f"{verified.uri}/{bundle.FUSION}: member {member.name}"
+        relative = str(member.checkpoint).strip("/")
         checkpoints.append(relative)
         if relative in loaded:
             continue
         if f"{relative}/{checkpoint_meta.FILE_NAME}" not in covered or ".." in relative.split("/"):
             raise UserError(f"{where}: checkpoint {relative!r} is not a folder of this bundle's manifest")
         checkpoint_dir = verified.directory / relative
-        meta = checkpoint_meta.read_meta(checkpoint_dir, member["family"])
+        meta = checkpoint_meta.read_meta(checkpoint_dir, member.family)
         if list(meta.get("category_ids", [])) != list(spec.category_ids):
             raise UserError(f"{where}: checkpoint trained on category ids {meta.get('category_ids')}, but the "
                             f"ensemble fuses {spec.category_ids}; the bundle is inconsistent, re-export it")
-        family = trainables.load_family(member["family"], where)
+        family = trainables.load_family(member.family, where)
         try:
             loaded[relative] = family.load_predictor(checkpoint_dir, device)
         except pickle.UnpicklingError as error:  # torch.load(weights_only=True) met more than tensors
@@ -130,9 +129,9 @@ def member_detections(verified, spec, image_paths, device):
         _check_image(path)
     outputs = []
     for predictor, member in zip(load_members(verified, spec, device), spec.members):
-        detections = predictor.predict(list(image_paths), flip=member["tta"] == "hflip")
+        detections = predictor.predict(list(image_paths), flip=member.tta == "hflip")
         if len(detections) != len(image_paths):
-            raise RuntimeError(f"member {member_name(member['trial_id'], member['tta'])}: {len(detections)} results "
+            raise RuntimeError(f"member {member.name}: {len(detections)} results "
                                f"for {len(image_paths)} images")
         outputs.append(detections)
     return outputs
