@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from detfuse.core.errors import UserError
-from detfuse.core.storage.destination import open_destination, sha256_of
+from detfuse.core.storage.store import open_store, sha256_of
 from detfuse.core.storage.s3 import is_s3_uri
 
 MANIFEST_FORMAT = "detfuse-manifest/1"
@@ -173,7 +173,7 @@ def _locate(uri, settings):
     base = uri
     if uri.endswith(".json"):
         base, _, pointer_name = uri.rstrip("/").rpartition("/")
-    store = open_destination(base or ".", settings)
+    store = open_store(base or ".", settings)
     if pointer_name is None:
         if store.read_bytes(MANIFEST) is not None:
             return store, "", None

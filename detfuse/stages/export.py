@@ -26,7 +26,7 @@ from detfuse.stages.ensemble_outputs import read_fusion_spec
 from detfuse.core.errors import UserError
 from detfuse.stages.leaderboard import read_leaderboard, top_per_family
 from detfuse.stages.member_predictions import local_checkpoint
-from detfuse.core.storage.destination import open_destination
+from detfuse.core.storage.store import open_store
 from detfuse.core.storage.s3 import S3Settings
 
 # recorded in bundle.json: what produced the checkpoints and the fusion, to reproduce or debug a prediction later
@@ -180,7 +180,9 @@ def export_experiment(experiment_uri, to, settings=None, progress=None, name=Non
     """
     if not experiment_uri.startswith("s3://"):
         experiment_uri = str(Path(experiment_uri).expanduser().resolve())
-    destination = open_destination(to, settings)
+    if not to.startswith("s3://") and Path(to).expanduser().is_file():
+        raise UserError(f"{to} is a file; export to a directory (created when missing) or an s3:// prefix")
+    destination = open_store(to, settings)
     with tempfile.TemporaryDirectory(prefix="detfuse-export-") as staging:
         files, name = stage_bundle(experiment_uri, staging, name)
         entries = bundle.describe_files(files)

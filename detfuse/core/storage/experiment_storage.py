@@ -1,46 +1,35 @@
-"""Small files on experiment storage (a local directory or s3://), through pyarrow.fs as Ray Tune itself does.
-
-Using the same filesystem layer as Tune means whatever storage Tune can write to, so can every stage here
-(S3 endpoint and credentials come from the environment: AWS_ENDPOINT_URL, the instance profile, ...).
+"""Files on experiment storage (a local directory or s3://) by URI: the JSON and text documents the stages hand
+on (experiment.json, leaderboard.json, the ensemble's outputs, pipeline markers), through the one store interface
+(store.py). S3 endpoint and credentials come from boto3's chain, the environment Ray Tune's own storage reads too.
 """
 
 import json
-from pathlib import Path
-
-import pyarrow.fs
 
 from detfuse.core.errors import UserError
-
-
-def _resolve(uri):
-    if uri.startswith("s3://"):
-        return pyarrow.fs.FileSystem.from_uri(uri)
-    return pyarrow.fs.LocalFileSystem(), str(Path(uri).resolve())
+from detfuse.core.storage.store import open_store
 
 
 def join(uri, *parts):
     return "/".join([uri.rstrip("/"), *parts])
 
 
+def _store_and_key(uri):
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    return open_store(parent or "."), name
+
+
 def write_text(uri, text):
-    """Write `text` to `uri` whole: a temporary file renamed into place (locally; S3 puts are atomic already)."""
-    filesystem, path = _resolve(uri)
-    parent = path.rsplit("/", 1)[0]
-    filesystem.create_dir(parent, recursive=True)
-    temporary = path if uri.startswith("s3://") else f"{path}.tmp"
-    with filesystem.open_output_stream(temporary) as stream:
-        stream.write(text.encode())
-    if temporary != path:
-        filesystem.move(temporary, path)
+    """Write `text` to `uri` whole (atomically: a reader never sees half of it)."""
+    store, key = _store_and_key(uri)
+    store.write_bytes(key, text.encode())
 
 
 def read_text(uri):
-    filesystem, path = _resolve(uri)
-    try:
-        with filesystem.open_input_stream(path) as stream:
-            return stream.read().decode()
-    except FileNotFoundError:
-        raise UserError(f"{uri} does not exist") from None
+    store, key = _store_and_key(uri)
+    data = store.read_bytes(key)
+    if data is None:
+        raise UserError(f"{uri} does not exist")
+    return data.decode()
 
 
 def read_json(uri, hint=""):
@@ -52,16 +41,16 @@ def read_json(uri, hint=""):
 
 
 def exists(uri):
-    filesystem, path = _resolve(uri)
-    return filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    store, key = _store_and_key(uri)
+    return store.exists(key)
 
 
 def check_writable(uri, where):
     """Write and delete a probe file under `uri`: storage problems surface before any trial runs."""
     probe = join(uri, ".detfuse-write-probe")
     try:
-        write_text(probe, "ok")
-        filesystem, path = _resolve(probe)
-        filesystem.delete_file(path)
-    except (OSError, pyarrow.lib.ArrowException) as error:
+        store, key = _store_and_key(probe)
+        store.write_bytes(key, b"ok")
+        store.delete(key)
+    except (OSError, UserError) as error:
         raise UserError(f"{where}: storage {uri} is not writable: {error}") from None

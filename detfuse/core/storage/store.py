@@ -1,4 +1,6 @@
-"""Where an export writes: a local directory or an S3 prefix, behind the same few operations.
+"""The one storage interface: a local directory or an S3 prefix, behind the same few operations (read, atomic
+write, exists, list, delete, put a file with its sha256). Experiment storage (experiment_storage.py), export
+destinations and bundles all go through it.
 
 Every file is stored with its sha256 beside it (S3: object metadata `sha256`; a local file is simply hashed), so a
 re-run can tell a file that already arrived intact from one that is missing, partial or different, and skip only
@@ -30,6 +32,30 @@ def _check_key(key):
         raise ValueError(f"{key!r} is not a relative path inside the destination")
 
 
+def _write_atomically(target, chunks, progress=None):
+    """Write `chunks` to a temporary file beside `target`, then rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as copy:
+            for chunk in chunks:
+                copy.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+            copy.flush()
+            os.fsync(copy.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _file_chunks(path):
+    with open(path, "rb") as source:
+        while chunk := source.read(HASH_CHUNK):
+            yield chunk
+
+
 class LocalDirectory:
     def __init__(self, root):
         self.root = Path(root).expanduser().absolute()
@@ -50,25 +76,28 @@ class LocalDirectory:
         return path.is_file() and path.stat().st_size == size and sha256_of(path) == sha256
 
     def put(self, path, key, sha256, progress=None):
+        """Copy the file `path` to `key` (locally the content is its own checksum: `matches` re-hashes it)."""
         _check_key(key)
-        target = self.root / key
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-            try:
-                with open(path, "rb") as source, os.fdopen(descriptor, "wb") as copy:
-                    while chunk := source.read(HASH_CHUNK):
-                        copy.write(chunk)
-                        if progress is not None:
-                            progress(len(chunk))
-                    copy.flush()
-                    os.fsync(copy.fileno())
-                os.replace(temporary, target)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+            _write_atomically(self.root / key, _file_chunks(path), progress)
         except OSError as error:
-            raise UserError(f"{target}: cannot write ({error})") from None
+            raise UserError(f"{self.root / key}: cannot write ({error})") from None
+
+    def write_bytes(self, key, data):
+        """Write `data` to `key` whole: a reader sees the old file or the new one, never half of one."""
+        _check_key(key)
+        try:
+            _write_atomically(self.root / key, [data])
+        except OSError as error:
+            raise UserError(f"{self.root / key}: cannot write ({error})") from None
+
+    def exists(self, key):
+        _check_key(key)
+        return (self.root / key).exists()
+
+    def delete(self, key):
+        _check_key(key)
+        (self.root / key).unlink(missing_ok=True)
 
     def read_bytes(self, key):
         _check_key(key)
@@ -121,6 +150,26 @@ class S3Prefix:
             self.client.upload_file(str(path), self.bucket, self.prefix + key, ExtraArgs=extra,
                                     Config=self.transfer_config, Callback=progress)
 
+    def write_bytes(self, key, data):
+        """Write `data` to `key` (an S3 put is atomic: readers see the old object or the new one)."""
+        _check_key(key)
+        with explained_errors(self.uri_of(key), self.client):
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data,
+                                   **self.settings.upload_arguments())
+
+    def exists(self, key):
+        """Whether an object, or a prefix holding objects, is at `key`."""
+        _check_key(key)
+        with explained_errors(self.uri_of(key), self.client):
+            listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + key, MaxKeys=1)
+        return any(entry["Key"] == self.prefix + key or entry["Key"].startswith(self.prefix + key + "/")
+                   for entry in listed.get("Contents", []))
+
+    def delete(self, key):
+        _check_key(key)
+        with explained_errors(self.uri_of(key), self.client):
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
     def read_bytes(self, key):
         import botocore.exceptions
 
@@ -134,11 +183,11 @@ class S3Prefix:
                 raise
 
 
-def open_destination(uri, settings: S3Settings | None = None):
+def open_store(uri, settings: S3Settings | None = None):
     """A LocalDirectory or S3Prefix for `uri` (a directory path or s3://bucket/prefix)."""
     if is_s3_uri(uri):
         return S3Prefix(uri, settings or S3Settings())
     if Path(uri).expanduser().exists() and not Path(uri).expanduser().is_dir():
-        raise UserError(f"{uri} is a file; export to a directory (created when missing) or an s3:// prefix")
+        raise UserError(f"{uri} is a file, not a directory (created when missing) or an s3:// prefix")
     return LocalDirectory(uri)
 
