@@ -20,8 +20,10 @@ $(VENV)/.detfuse-setup: pyproject.toml tools/install_detectron2.sh
 demo: setup
 	$(VENV)/bin/detfuse pipeline configs/demo.yaml
 
-# pytest exits 5 when it collects nothing: that is a broken suite, not a pass
+# the import contracts (layers, independent families, no cycles: pyproject.toml) first; then pytest, which exits 5
+# when it collects nothing: that is a broken suite, not a pass
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

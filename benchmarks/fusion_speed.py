@@ -11,9 +11,9 @@ import time
 
 import numpy as np
 
-from detfuse.evaluation import Prediction
-from detfuse.fusion import METHODS, FusionInputs, FusionParams
-from detfuse.fusion_fit import fit_ensemble, split_image_ids
+from detfuse.core.evaluation import Prediction
+from detfuse.core.fusion import METHODS, FusionInputs, FusionParams
+from detfuse.core.fusion_fit import fit_ensemble, split_image_ids
 
 SIZE = 1024
 CLASSES = list(range(1, 11))

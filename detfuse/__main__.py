@@ -1,5 +1,5 @@
 import sys
 
-from detfuse.cli import main
+from detfuse.stages.cli import main
 
 sys.exit(main())

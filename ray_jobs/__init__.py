@@ -1,5 +1,4 @@
-"""Entry points that run on the Ray head node: tune, ensemble, export and the pipeline chaining them.
+"""Scripts for `ray submit cluster.yaml ray_jobs/<job>.py -- ARGS`: tune, ensemble, export and the pipeline.
 
-Each is a script for `ray submit cluster.yaml ray_jobs/<job>.py -- ARGS` and the body of the matching
-`detfuse <job>` subcommand (the same code).
+Each is a thin entry point over the `detfuse <job>` subcommand; the jobs' logic lives in detfuse/stages/.
 """

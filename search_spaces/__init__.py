@@ -4,7 +4,7 @@ A file (YAML) looks like::
 
     architecture: faster_rcnn            # `family:` may be given too; it must match the architecture
     budget: {max_epochs: 12, grace_epochs: 2}
-    fixed:                               # trial-config keys held constant (see detfuse.trial_config)
+    fixed:                               # trial-config keys held constant (see trainables.trial_config)
       eval_every: 1
       hparams: {depth: 50, norm: GN}
     space:                               # project hyperparameter names -> one Tune distribution each
@@ -21,9 +21,10 @@ from pathlib import Path
 
 from ray import tune
 
-from detfuse.errors import UserError
-from detfuse.overrides import load_yaml
-from detfuse.trial_config import validate_trial_config
+from detfuse.core.errors import UserError
+from detfuse.core.numbers import checked_number
+from detfuse.core.yaml_files import load_yaml
+from trainables.trial_config import resolve_trial_config
 
 HERE = Path(__file__).parent
 FILE_KEYS = ("family", "architecture", "budget", "fixed", "space")
@@ -139,8 +140,7 @@ def load_search_space(name_or_path, where="config"):
     max_epochs = budget["max_epochs"]
     grace_epochs = budget.get("grace_epochs", 1)
     for key, value in (("max_epochs", max_epochs), ("grace_epochs", grace_epochs)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise UserError(f"{where}: budget.{key} must be a positive number, got {value!r}")
+        checked_number(value, f"{where}: budget.{key}", above=0)
     if grace_epochs > max_epochs:
         raise UserError(f"{where}: budget.grace_epochs ({grace_epochs}) exceeds budget.max_epochs ({max_epochs})")
 
@@ -159,7 +159,7 @@ def load_search_space(name_or_path, where="config"):
         raise UserError(f"{where}: {', '.join(both)} appear both in space and in fixed.hparams; keep one")
 
     # the fixed part must be a valid trial config by itself (the adapter fills in the tuned names' defaults)
-    validate_trial_config({**fixed, "architecture": data["architecture"], "max_epochs": max_epochs},
+    resolve_trial_config({**fixed, "architecture": data["architecture"], "max_epochs": max_epochs},
                           f"{where}: fixed")
     hyperparameters = trainables.load_family(family).ARCHITECTURES[data["architecture"]].hyperparameters
     space = {}
@@ -172,5 +172,5 @@ def load_search_space(name_or_path, where="config"):
                                space=space)
     # one sampled point through the adapter's full check catches what single values cannot (e.g. combinations)
     sample = {name: domain.sample() for name, domain in space.items()}
-    validate_trial_config(search_space.trial_config(sample), f"{where} (a sample of its space)")
+    resolve_trial_config(search_space.trial_config(sample), f"{where} (a sample of its space)")
     return search_space

@@ -2,7 +2,9 @@
 
 import pytest
 
-from detfuse.data.synthetic import generate
+from trainables.trial_config import resolve_trial_config
+
+from detfuse.core.data.synthetic import generate
 
 # From scratch on the CPU: GN ResNet-18 at 128 px with 64-channel FPN levels and a 256-wide box head.
 # AdamW learns the built-in set within two epochs with these (seen: mAP50 0.02 after half an epoch, 0.23 after 2).
@@ -21,11 +23,11 @@ TINY_HPARAMS = {
 
 
 def trial_config(architecture, dataset="builtin", max_epochs=1.0, eval_every=1.0, **hparams):
-    return {
-        "family": "detectron2", "architecture": architecture, "dataset": str(dataset), "max_epochs": max_epochs,
-        "eval_every": eval_every, "hparams": {**TINY_HPARAMS[architecture], **hparams}, "weights": None,
-        "seed": 0, "wandb": None, "verbose": False, "resources": {"cpu": 1, "gpu": 0},
-    }
+    """A resolved trial config (trainables trust what trainables.trial_config resolved)."""
+    return resolve_trial_config({
+        "architecture": architecture, "dataset": str(dataset), "max_epochs": max_epochs, "eval_every": eval_every,
+        "hparams": {**TINY_HPARAMS[architecture], **hparams},
+    }, "tests/detectron2_trials.py")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from detfuse.data.synthetic import generate
+from detfuse.core.data.synthetic import generate
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from detfuse.experiment_config import load_experiment
+from detfuse.stages.experiment import load_experiment
 
 try:
     import tomllib

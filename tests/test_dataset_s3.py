@@ -7,10 +7,12 @@ import socket
 import pytest
 from test_dataset_validation import write_dataset
 
-from detfuse.cli import main
-from detfuse.data import load_dataset
-from detfuse.errors import UserError
-from detfuse.storage.s3 import fetch, parse_s3_uri, upload_directory, upload_file
+from detfuse.stages.cli import main
+from detfuse.core.data import load_dataset
+from detfuse.core.errors import UserError
+from detfuse.core.storage import s3
+from detfuse.core.storage.s3 import fetch, parse_s3_uri
+from s3_uploads import upload_directory, upload_file
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +145,9 @@ def test_no_credentials(s3_server, monkeypatch):
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(UserError, match="no AWS credentials found"):
         fetch("s3://bucket/sets/tiny")
+
+
+def test_the_package_holds_no_test_only_upload_code():
+    """Uploads of test data live in tests/s3_uploads.py; the package's S3 module downloads (exports go through
+    detfuse.core.storage.destination, with settings, checksums and encryption)."""
+    assert not hasattr(s3, "upload_file") and not hasattr(s3, "upload_directory")

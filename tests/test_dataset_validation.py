@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from detfuse.cli import main
-from detfuse.data import load_dataset
-from detfuse.errors import UserError
+from detfuse.stages.cli import main
+from detfuse.core.data import load_dataset
+from detfuse.core.errors import UserError
 
 WIDTH, HEIGHT = 64, 48
 CATEGORIES = [{"id": 3, "name": "can"}, {"id": 1, "name": "bottle"}]  # out of order on purpose

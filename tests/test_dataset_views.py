@@ -10,10 +10,11 @@ import pytest
 import yaml
 from test_dataset_validation import edit_json, write_dataset
 
-from detfuse.data import load_dataset
-from detfuse.data.cache import build_once, cache_root
-from detfuse.data.views import detectron2_dicts, yolo_view
-from detfuse.errors import UserError
+from detfuse.core.data import load_dataset
+from detfuse.core.node_cache import build_once, cache_root
+from trainables.detectron2.dataset_dicts import detectron2_dicts
+from trainables.yolov5.dataset_view import yolo_view
+from detfuse.core.errors import UserError
 
 
 def entries(folder):

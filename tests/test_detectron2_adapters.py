@@ -5,7 +5,7 @@ import torch
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
 
-from detfuse.errors import UserError
+from detfuse.core.errors import UserError
 from trainables.detectron2 import ARCHITECTURES
 from trainables.detectron2.adapters import Schedule
 

@@ -10,19 +10,19 @@ import torch
 from detectron2_trials import d2_cache, tiny_dataset, trial_config  # noqa: F401  (fixtures)
 from ray import tune
 
-from detfuse import trial
+from detfuse.core import trial_link
 from trainables.detectron2 import checkpoints, ddp, load_predictor
 
 
 def two_worker_trial(tune_config, settings):
     """A Tune trial asking for two CPU workers (`settings` is the trial config)."""
-    with trial.resume_checkpoint() as checkpoint_dir:
+    with trial_link.resume_checkpoint() as checkpoint_dir:
         ddp.train_distributed(settings, num_workers=2, use_gpu=False, checkpoint_dir=checkpoint_dir)
 
 
 def two_worker_trial_that_crashes_once(tune_config, settings, marker):
     """Fails right after its first report the first time it runs, as when a node is lost mid-trial."""
-    report = trial.report
+    report = trial_link.report
 
     def report_then_crash(metrics, checkpoint_dir=None):
         report(metrics, checkpoint_dir)
@@ -30,7 +30,7 @@ def two_worker_trial_that_crashes_once(tune_config, settings, marker):
             marker.touch()
             raise RuntimeError("simulated loss of the trial's node")
 
-    trial.report = report_then_crash  # in this trial's process only
+    trial_link.report = report_then_crash  # in this trial's process only
     two_worker_trial(tune_config, settings)
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from detectron2_trials import tiny_dataset  # noqa: F401  (fixture)
 
-from detfuse.data import load_dataset
-from detfuse.data.views import detectron2_dicts
+from detfuse.core.data import load_dataset
+from trainables.detectron2.dataset_dicts import detectron2_dicts
 from trainables.detectron2 import ARCHITECTURES
 from trainables.detectron2.trainer import Trainer
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from detectron2_trials import d2_cache, tiny_dataset, trial_config  # noqa: F401  (fixtures)
 
-from detfuse import trial
-from detfuse.data import load_dataset
-from detfuse.evaluation import Prediction, evaluate
-from detfuse.storage.s3 import upload_file
+from detfuse.core import trial_link
+from detfuse.core.data import load_dataset
+from detfuse.core.evaluation import Prediction, evaluate
+from s3_uploads import upload_file
 from trainables.detectron2 import checkpoints, load_predictor, train
 
 
@@ -19,7 +19,7 @@ class Interrupted(Exception):
     pass
 
 
-class InterruptedRun(trial.LocalRun):
+class InterruptedRun(trial_link.LocalRun):
     """A local run stopped right after reporting `iteration`, as a Tune trial paused or killed there."""
 
     def __init__(self, run_dir, iteration):
@@ -33,17 +33,17 @@ class InterruptedRun(trial.LocalRun):
 
 
 def run_trial(run, config):
-    trial.use_local_run(run)
+    trial_link.use_local_run(run)
     try:
         train(config)
     finally:
-        trial.use_local_run(None)
+        trial_link.use_local_run(None)
     return [json.loads(line) for line in run.metrics_log.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
 def learned_run(d2_cache, tmp_path_factory):  # noqa: F811
-    run = trial.LocalRun(tmp_path_factory.mktemp("faster-rcnn"), keep=4)
+    run = trial_link.LocalRun(tmp_path_factory.mktemp("faster-rcnn"), keep=4)
     return run, run_trial(run, trial_config("faster_rcnn", max_epochs=2.0, eval_every=0.5))
 
 
@@ -85,7 +85,7 @@ def test_checkpoint_loads_without_pickle_and_predicts_what_was_reported(learned_
 @pytest.mark.parametrize("architecture", ["retinanet", "cascade_rcnn"])
 def test_architecture_trains_end_to_end(architecture, tiny_dataset, tmp_path, d2_cache):  # noqa: F811
     # 12 images, batch 4: three iterations, one evaluation
-    run = trial.LocalRun(tmp_path)
+    run = trial_link.LocalRun(tmp_path)
     [report] = run_trial(run, trial_config(architecture, tiny_dataset, max_epochs=1.0))
     assert (report["epoch"], report["iteration"]) == (1.0, 3)
     assert math.isfinite(report["loss"]) and 0.0 <= report["mAP50"] <= 1.0
@@ -98,7 +98,7 @@ def test_architecture_trains_end_to_end(architecture, tiny_dataset, tmp_path, d2
 
 
 def test_weights_from_s3(tiny_dataset, tmp_path, s3_bucket, d2_cache):  # noqa: F811
-    source = trial.LocalRun(tmp_path / "source")
+    source = trial_link.LocalRun(tmp_path / "source")
     run_trial(source, trial_config("retinanet", tiny_dataset, max_epochs=1.0))
     trained = checkpoints.read_model_state(source.latest_checkpoint())
     upload_file(source.latest_checkpoint() / checkpoints.MODEL_FILE, f"s3://{s3_bucket}/weights/retinanet.pth")
@@ -106,13 +106,13 @@ def test_weights_from_s3(tiny_dataset, tmp_path, s3_bucket, d2_cache):  # noqa: 
     # another seed starts from other random weights; one step at a negligible lr keeps the loaded ones
     config = {**trial_config("retinanet", tiny_dataset, max_epochs=1 / 3, lr=1e-7),
               "weights": f"s3://{s3_bucket}/weights/retinanet.pth", "seed": 5}
-    target = trial.LocalRun(tmp_path / "target")
+    target = trial_link.LocalRun(tmp_path / "target")
     run_trial(target, config)
     loaded = checkpoints.read_model_state(target.latest_checkpoint())
     differences = [(loaded[k] - trained[k]).abs().max().item() for k in trained]
     assert max(differences) < 1e-5
 
-    fresh = trial.LocalRun(tmp_path / "fresh")
+    fresh = trial_link.LocalRun(tmp_path / "fresh")
     run_trial(fresh, {**config, "weights": None})
     unloaded = checkpoints.read_model_state(fresh.latest_checkpoint())
     assert max((unloaded[k] - trained[k]).abs().max().item() for k in trained) > 1e-2
@@ -122,12 +122,12 @@ def test_stopped_trial_resumes_exactly(tiny_dataset, tmp_path, d2_cache):  # noq
     # batch 2 over 12 images: 6 iterations, a report every 2; rare classes repeated by the sampler
     config = trial_config("faster_rcnn", tiny_dataset, max_epochs=1.0, eval_every=1 / 3, batch_size=2,
                           repeat_threshold=0.5)
-    straight = trial.LocalRun(tmp_path / "straight", keep=10)
+    straight = trial_link.LocalRun(tmp_path / "straight", keep=10)
     straight_reports = run_trial(straight, config)
 
     with pytest.raises(Interrupted):
         run_trial(InterruptedRun(tmp_path / "resumed", iteration=2), config)
-    resumed = trial.LocalRun(tmp_path / "resumed", keep=10)
+    resumed = trial_link.LocalRun(tmp_path / "resumed", keep=10)
     resumed_reports = run_trial(resumed, config)
 
     assert [r["iteration"] for r in straight_reports] == [2, 4, 6]

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from detfuse.ensemble_evaluation import (CROSS_FIT_BELOW, CROSS_FIT_LABEL, Evaluation, plan_evaluation,
+from detfuse.stages.ensemble_evaluation import (CROSS_FIT_BELOW, CROSS_FIT_LABEL, Evaluation, plan_evaluation,
                                          reported_mAP50, rescore_check)
-from detfuse.errors import UserError
-from detfuse.evaluation import evaluate
-from detfuse.fusion import FusionInputs
-from detfuse.fusion_fit import fit_ensemble
-from detfuse.member_predictions import Member
+from detfuse.core.errors import UserError
+from detfuse.core.evaluation import evaluate
+from detfuse.core.fusion import FusionInputs
+from detfuse.core.fusion_fit import fit_ensemble
+from detfuse.stages.member_predictions import Member
 from test_fusion_fit import CATEGORIES, ground_truth, guesser, specialist
 
 

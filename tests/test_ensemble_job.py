@@ -13,19 +13,20 @@ from pathlib import Path
 import pytest
 import ray
 
-from detfuse import experiment_storage
-from detfuse.cli import build_parser
-from detfuse.data import load_dataset
-from detfuse.data.synthetic import generate
-from detfuse.ensemble_evaluation import plan_evaluation
-from detfuse.ensemble_outputs import read_fusion_spec
-from detfuse.errors import UserError
-from detfuse.evaluation import Prediction, evaluate
-from detfuse.experiment_config import load_experiment
-from detfuse.fusion import FusionInputs, FusionParams
-from detfuse.member_predictions import DEFAULT_TTA, as_predictions, member_name
-from detfuse.storage.s3 import upload_directory
-from ray_jobs.ensemble import parse_top, run_ensemble, select_members
+from detfuse.core.storage import experiment_storage
+from detfuse.stages.cli import build_parser
+from detfuse.core.data import load_dataset
+from detfuse.core.data.synthetic import generate
+from detfuse.stages.ensemble_evaluation import plan_evaluation
+from detfuse.stages.ensemble_outputs import read_fusion_spec
+from detfuse.core.errors import UserError
+from detfuse.core.evaluation import Prediction, evaluate
+from detfuse.stages.experiment import load_experiment
+from detfuse.core.fusion import FusionInputs, FusionParams
+from detfuse.stages.member_predictions import DEFAULT_TTA, as_predictions
+from s3_uploads import upload_directory
+from detfuse.stages.cli import parse_top
+from detfuse.stages.ensemble import run_ensemble, select_members
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = {"detectron2", "yolov5"}
@@ -131,7 +132,7 @@ def fold_report(experiment_uri, dataset, fold_entry, fold):
 def test_ensemble_of_both_families(experiment, capsys):
     experiment_uri, dataset_dir = experiment
     leaderboard = {row["trial_id"]: row for row in read_json(Path(experiment_uri) / "leaderboard.json")}
-    assert run_ensemble(experiment_uri, top=["2"]) == 0
+    assert run_ensemble(experiment_uri, top=2) == 0
     captured = capsys.readouterr()
     printed = captured.out
     summary = read_json(Path(experiment_uri) / "ensemble" / "summary.json")
@@ -204,7 +205,7 @@ def test_ensemble_of_both_families(experiment, capsys):
     # re-scoring that file on val gives the (in-sample) number the summary gives it
     spec = read_fusion_spec(str(Path(experiment_uri) / "ensemble" / "fusion.json"))
     fusion = read_json(Path(experiment_uri) / "ensemble" / "fusion.json")
-    assert [m["trial_id"] for m in spec.members] == cross["members"]
+    assert [m.trial_id for m in spec.members] == cross["members"]
     assert fusion["fitted_on"] == {"split": "val", "images": len(val_ids), "seed": 0, "fit_mode": "cross"}
     assert fusion["reported"] == {"split": "val/cross-fitted", "images": len(val_ids),
                                   "mAP50": cross["mAP50"]["val/cross-fitted"]}
@@ -271,7 +272,7 @@ def test_a_member_whose_inference_differs_from_its_trial_is_a_loud_warning(exper
 def test_rerun_through_the_script_reuses_cached_predictions(experiment):
     experiment_uri, _ = experiment
     if not (Path(experiment_uri) / "ensemble" / "predictions").is_dir():
-        assert run_ensemble(experiment_uri, top=["2"]) == 0
+        assert run_ensemble(experiment_uri, top=2) == 0
     before = cache_files(experiment_uri)
     finished = subprocess.run(
         [sys.executable, str(ROOT / "ray_jobs" / "ensemble.py"), experiment_uri, "--top", "yolov5=1",
@@ -298,7 +299,7 @@ def test_hflip_fuses_each_trial_also_on_mirrored_images_as_a_member_of_its_famil
     for name in ("leaderboard.json", "experiment.json"):
         shutil.copy(Path(experiment_uri) / name, copy / name)
 
-    assert run_ensemble(str(copy), top=["1"], tta="hflip") == 0
+    assert run_ensemble(str(copy), top=1, tta="hflip") == 0
     printed = capsys.readouterr().out
     assert "inference of 2 trial(s)" in printed  # a trial's two passes share one task
     assert "mAP50 val (+hflip)" in printed
@@ -335,7 +336,7 @@ def test_hflip_fuses_each_trial_also_on_mirrored_images_as_a_member_of_its_famil
                                                                                 f"{member['trial_id']}+hflip"]
     # fusion.json records each member's augmentation; the written outputs are the cross-family ensemble's
     spec = read_fusion_spec(str(copy / "ensemble" / "fusion.json"))
-    assert [member_name(m["trial_id"], m["tta"]) for m in spec.members] == cross["members"]
+    assert [m.name for m in spec.members] == cross["members"]
     fused = read_json(copy / "ensemble" / "fused_val.json")
     assert fused and len(fused) == summary["outputs"]["val"]["predictions"]
     predictions = [Prediction(r["image_id"], r["category_id"], (x, y, x + w, y + h), r["score"])
@@ -344,8 +345,8 @@ def test_hflip_fuses_each_trial_also_on_mirrored_images_as_a_member_of_its_famil
 
     # run again, with and without hflip: every prediction comes from the cache, and none is overwritten
     before = cache_files(copy)
-    assert run_ensemble(str(copy), top=["1"], tta="hflip") == 0
-    assert run_ensemble(str(copy), top=["1"]) == 0
+    assert run_ensemble(str(copy), top=1, tta="hflip") == 0
+    assert run_ensemble(str(copy), top=1) == 0
     assert "inference of" not in capsys.readouterr().out and cache_files(copy) == before
     summary = read_json(copy / "ensemble" / "summary.json")
     assert summary["tta"] == "none" and "mAP50_hflip" not in summary["members"][0]
@@ -359,7 +360,7 @@ def test_labelled_test_split_reports_on_test(experiment, tmp_path):
     experiment_uri, dataset_dir = experiment
     labelled = Path(shutil.copytree(dataset_dir, tmp_path / "labelled"))
     shutil.copy(labelled / "val.json", labelled / "test.json")
-    assert run_ensemble(experiment_uri, top=["1"], dataset=str(labelled)) == 0
+    assert run_ensemble(experiment_uri, top=1, dataset=str(labelled)) == 0
     summary = read_json(Path(experiment_uri) / "ensemble" / "summary.json")
     assert summary["splits"]["mode"] == "test"
     assert summary["splits"]["folds"] == [{"fit": {"split": "val", "images": 24},
@@ -388,7 +389,7 @@ def test_experiment_on_s3(experiment, s3_bucket):
     experiment_storage.write_text(f"{experiment_uri}/experiment.json",
                                   (Path(local_uri) / "experiment.json").read_text())
 
-    assert run_ensemble(experiment_uri, top=["1"]) == 0
+    assert run_ensemble(experiment_uri, top=1) == 0
 
     summary = json.loads(experiment_storage.read_text(f"{experiment_uri}/ensemble/summary.json"))
     assert {m["family"] for m in summary["members"]} == FAMILIES
@@ -399,4 +400,4 @@ def test_experiment_on_s3(experiment, s3_bucket):
     rows = list(csv.DictReader(experiment_storage.read_text(f"{experiment_uri}/ensemble/fused_val.csv").splitlines()))
     assert len(rows) == 24
     spec = read_fusion_spec(f"{experiment_uri}/ensemble/fusion.json")
-    assert all(m["checkpoint"].startswith("s3://") for m in spec.members)
+    assert all(m.checkpoint.startswith("s3://") for m in spec.members)

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from detfuse.ensemble_outputs import coco_results, fusion_document, read_fusion_spec, submission_csv
-from detfuse.errors import UserError
-from detfuse.evaluation import Prediction
-from detfuse.fusion import FusionParams, fuse
-from detfuse.member_predictions import Member
+from detfuse.stages.ensemble_outputs import coco_results, fusion_document, read_fusion_spec, submission_csv
+from detfuse.core.errors import UserError
+from detfuse.core.evaluation import Prediction
+from detfuse.core.fusion import FusionParams, fuse
+from detfuse.stages.member_predictions import Member
 
 IMAGES = [{"id": 4, "file_name": "test/0000.jpg", "width": 200, "height": 100},
           {"id": 9, "file_name": "test/0001.jpg", "width": 200, "height": 100}]
@@ -44,7 +44,7 @@ def test_fusion_json_round_trips_and_reproduces_the_fusion(tmp_path):
     path.write_text(json.dumps(fusion_document(MEMBERS, params, ["can", "bag"], CATEGORY_IDS,
                                                fitted_on={"split": "val/fit"})))
     spec = read_fusion_spec(str(path))
-    assert [(m["trial_id"], m["family"], m["checkpoint"], m["weight"]) for m in spec.members] == [
+    assert [(m.trial_id, m.family, m.checkpoint, m.weight) for m in spec.members] == [
         ("t1", "yolov5", MEMBERS[0].checkpoint, 2.0), ("t2", "detectron2", MEMBERS[1].checkpoint, 1.0)]
     assert spec.weighted_params == params
     assert (spec.class_names, spec.category_ids) == (["can", "bag"], CATEGORY_IDS)
@@ -58,13 +58,13 @@ def test_a_members_tta_is_recorded_and_a_fusion_json_without_it_means_none(tmp_p
     document = fusion_document(members, FusionParams(), ["can", "bag"], CATEGORY_IDS)
     path = tmp_path / "fusion.json"
     path.write_text(json.dumps(document))
-    assert [(m["trial_id"], m["checkpoint"], m["tta"]) for m in read_fusion_spec(str(path)).members] == [
+    assert [(m.trial_id, m.checkpoint, m.tta) for m in read_fusion_spec(str(path)).members] == [
         ("t1", MEMBERS[0].checkpoint, "none"), ("t2", MEMBERS[1].checkpoint, "none"),
         ("t2", MEMBERS[1].checkpoint, "hflip")]
     for member in document["members"]:  # as written before test-time augmentation existed
         del member["tta"]
     path.write_text(json.dumps(document))
-    assert [m["tta"] for m in read_fusion_spec(str(path)).members] == ["none", "none", "none"]
+    assert [m.tta for m in read_fusion_spec(str(path)).members] == ["none", "none", "none"]
 
 
 @pytest.mark.parametrize("change, message", [

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from detfuse.errors import UserError
-from detfuse.evaluation import Evaluation, Prediction, evaluate
+from detfuse.core.errors import UserError
+from detfuse.core.evaluation import Evaluation, Prediction, evaluate
 
 # COCO interpolates precision at 101 recall points 0.00, 0.01, ..., 1.00; recall 0.5 reaches 51 of them.
 HALF_RECALL = 51 / 101

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from s3_server import ACCESS_KEY, SECRET_KEY, S3Server
 
-from detfuse.bundle import open_bundle, parse_latest
-from detfuse.cli import main
-from detfuse.ensemble_outputs import fusion_document, read_fusion_spec
-from detfuse.errors import UserError
-from detfuse.fusion import FusionParams
-from detfuse.member_predictions import Member
-from detfuse.storage.s3 import S3Settings
-from ray_jobs.export import export_experiment
+from detfuse.stages.bundle import open_bundle, parse_latest
+from detfuse.stages.cli import main
+from detfuse.stages.ensemble_outputs import fusion_document, read_fusion_spec
+from detfuse.core.errors import UserError
+from detfuse.core.fusion import FusionParams
+from detfuse.stages.member_predictions import Member
+from detfuse.core.storage.s3 import S3Settings
+from detfuse.stages.export import export_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ["bottle", "can", "bag"]
@@ -109,8 +109,8 @@ def test_local_export_writes_a_verifiable_bundle_and_a_rerun_sends_nothing(tmp_p
     assert description["ensemble"]["members"] == ["yolo_1", "d2_1"]
     assert description["versions"]["python"] and description["versions"]["torch"]
     spec = read_fusion_spec(str(bundle_dir / "fusion.json"))
-    assert [m["checkpoint"] for m in spec.members] == [f"checkpoints/{m['trial_id']}" for m in spec.members]
-    assert [m["weight"] for m in spec.members] == [2.0, 1.0] and spec.params.iou_thr == 0.6
+    assert [m.checkpoint for m in spec.members] == [f"checkpoints/{m.trial_id}" for m in spec.members]
+    assert [m.weight for m in spec.members] == [2.0, 1.0] and spec.params.iou_thr == 0.6
     metrics = json.loads((bundle_dir / "metrics.json").read_text())
     assert metrics["leaderboard"] == json.loads((experiment / "leaderboard.json").read_text())
     assert metrics["ensemble"] == json.loads((experiment / "ensemble" / "summary.json").read_text())

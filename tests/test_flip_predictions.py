@@ -7,9 +7,9 @@ import PIL.Image
 import pytest
 
 import trainables
-from detfuse import trial
-from detfuse.data import load_dataset
-from detfuse.data.synthetic import generate
+from detfuse.core import trial_link
+from detfuse.core.data import load_dataset
+from detfuse.core.data.synthetic import generate
 from detectron2_trials import trial_config as detectron2_config
 from yolov5_trials import trial_config as yolo_config
 
@@ -50,12 +50,12 @@ def checkpoints(dataset, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DETFUSE_CACHE", str(tmp_path_factory.mktemp("cache")))
         for family, config in configs.items():
-            run = trial.LocalRun(tmp_path_factory.mktemp(family), keep=1)
-            trial.use_local_run(run)
+            run = trial_link.LocalRun(tmp_path_factory.mktemp(family), keep=1)
+            trial_link.use_local_run(run)
             try:
                 trainables.load_family(family, "test").train(config)
             finally:
-                trial.use_local_run(None)
+                trial_link.use_local_run(None)
             found[family] = run.latest_checkpoint()
     return found
 

@@ -3,9 +3,9 @@ predictions, boxes reaching out of the image, and inputs that would make ensembl
 
 import pytest
 
-from detfuse.errors import UserError
-from detfuse.evaluation import Prediction
-from detfuse.fusion import CONF_TYPES, METHODS, FusionInputs, FusionParams, fuse, fuse_image
+from detfuse.core.errors import UserError
+from detfuse.core.evaluation import Prediction
+from detfuse.core.fusion import CONF_TYPES, METHODS, FusionInputs, FusionParams, fuse, fuse_image
 
 # a wide image: normalising by width and height separately is what makes these numbers come out
 WIDTH, HEIGHT = 200, 100

@@ -5,10 +5,10 @@ specialists on images it never saw."""
 import numpy as np
 import pytest
 
-from detfuse.errors import UserError
-from detfuse.evaluation import Prediction, evaluate
-from detfuse.fusion import FusionInputs, FusionParams
-from detfuse.fusion_fit import fit_ensemble, split_image_ids
+from detfuse.core.errors import UserError
+from detfuse.core.evaluation import Prediction, evaluate
+from detfuse.core.fusion import FusionInputs, FusionParams
+from detfuse.core.fusion_fit import fit_ensemble, split_image_ids
 
 SIZE = 100
 CATEGORIES = [1, 2, 3, 4]

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from detfuse import experiment_storage
-from detfuse.errors import UserError
-from detfuse.evaluation import Prediction
-from detfuse.member_predictions import (Member, cache_key, cache_uri, local_checkpoint, read_cached,
+from detfuse.core.storage import experiment_storage
+from detfuse.core.errors import UserError
+from detfuse.core.evaluation import Prediction
+from detfuse.stages.member_predictions import (Member, cache_key, cache_uri, local_checkpoint, read_cached,
                                         read_checkpoint_meta, with_tta, write_cached)
 
 ROWS = [[1, 3, 10.0, 20.0, 30.5, 40.25, 0.75], [2, 7, 0.0, 0.0, 5.0, 5.0, 0.001]]

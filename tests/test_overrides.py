@@ -1,7 +1,7 @@
 import pytest
 
-from detfuse.errors import UserError
-from detfuse.overrides import apply_overrides
+from detfuse.core.errors import UserError
+from detfuse.stages.overrides import apply_overrides
 
 
 def test_values_parse_as_yaml_and_create_nested_keys():

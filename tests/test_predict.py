@@ -14,15 +14,16 @@ import pytest
 import torch
 
 import trainables
-from detfuse import predict, trial
-from detfuse.cli import main
-from detfuse.data import load_dataset
-from detfuse.data.synthetic import generate
-from detfuse.ensemble_outputs import fusion_document, read_fusion_spec
-from detfuse.fusion import FusionInputs, FusionParams, fuse_image
-from detfuse.member_predictions import Member, as_predictions, predict_member
-from detfuse.trial_config import validate_trial_config
-from ray_jobs.export import export_experiment
+from detfuse.core import trial_link
+from detfuse.stages import predict
+from detfuse.stages.cli import main
+from detfuse.core.data import load_dataset
+from detfuse.core.data.synthetic import generate
+from detfuse.stages.ensemble_outputs import fusion_document, read_fusion_spec
+from detfuse.core.fusion import FusionInputs, FusionParams, fuse_image
+from detfuse.stages.member_predictions import Member, as_predictions, predict_member
+from trainables.trial_config import resolve_trial_config
+from detfuse.stages.export import export_experiment
 
 TRIALS = {  # trial id -> architecture, hparams: as small as both families allow
     "yolo_0": ("yolov5n", {"image_size": 160, "batch_size": 8, "nominal_batch_size": 8, "close_mosaic": 0,
@@ -67,14 +68,14 @@ def trained(tmp_path_factory):
     dataset = load_dataset(str(generate(root / "litter", seed=2, num_train=16, num_val=6, num_test=3)))
     checkpoints = {}
     for trial_id, (architecture, hparams) in TRIALS.items():
-        config = validate_trial_config({"architecture": architecture, "dataset": str(dataset.root), "max_epochs": 1,
+        config = resolve_trial_config({"architecture": architecture, "dataset": str(dataset.root), "max_epochs": 1,
                                         "eval_every": 1, "hparams": hparams}, trial_id)
-        run = trial.LocalRun(root / "runs" / trial_id)
-        trial.use_local_run(run)
+        run = trial_link.LocalRun(root / "runs" / trial_id)
+        trial_link.use_local_run(run)
         try:
             trainables.load_family(config["family"]).train(config)
         finally:
-            trial.use_local_run(None)
+            trial_link.use_local_run(None)
         mAP50 = json.loads(run.metrics_log.read_text().splitlines()[-1])["mAP50"]
         checkpoints[trial_id] = (architecture, run.latest_checkpoint(), mAP50)
     experiment = write_experiment(root / "storage" / "tiny", dataset, checkpoints)
@@ -109,7 +110,7 @@ def test_local_and_s3_bundles_predict_the_experiments_fused_detections(trained, 
 
     # the same numbers as the experiment's own members, fused with its own fitted parameters
     spec = read_fusion_spec(str(experiment / "ensemble" / "fusion.json"))
-    outputs = [trainables.load_family(m["family"]).load_predictor(m["checkpoint"], "cpu").predict(images)
+    outputs = [trainables.load_family(m.family).load_predictor(m.checkpoint, "cpu").predict(images)
                for m in spec.members]
     coco = json.loads((tmp_path / "local" / "predictions.json").read_text())
     sizes = []
@@ -149,11 +150,11 @@ def test_local_and_s3_bundles_predict_the_experiments_fused_detections(trained, 
 
 def ensemble_job_fusion(spec, dataset):
     """What the ensemble job fuses for `spec`'s members on the test split (its fused_test.json): each member's
-    predictions as its inference task makes them (detfuse.member_predictions), fused with spec's parameters."""
+    predictions as its inference task makes them (detfuse.stages.member_predictions), fused with spec's parameters."""
     test = dataset.splits["test"]
     predictions = []
     for m in spec.members:
-        member = Member(m["trial_id"], m["family"], m["architecture"], m["checkpoint"], 0.0, m["tta"])
+        member = Member(m.trial_id, m.family, m.architecture, m.checkpoint, 0.0, m.tta)
         runs = predict_member(member, str(dataset.root), dataset.fingerprint, [("test", member.tta)], "cpu")
         rows, _ = runs[("test", member.tta)]
         predictions.append(as_predictions(rows))
@@ -171,7 +172,7 @@ def same_detections(annotations, predictions):
 def test_a_member_on_mirrored_images_is_exported_once_and_predicted_as_the_ensemble_job_fused_it(trained, tmp_path):
     experiment, dataset, images = trained
     plain = read_fusion_spec(str(experiment / "ensemble" / "fusion.json"))
-    checkpoints = {m["trial_id"]: (m["architecture"], pathlib.Path(m["checkpoint"]), 0.1) for m in plain.members}
+    checkpoints = {m.trial_id: (m.architecture, pathlib.Path(m.checkpoint), 0.1) for m in plain.members}
     fused = [("yolo_0", "none"), ("frcnn_0", "none"), ("frcnn_0", "hflip")]
     params = FusionParams(method="wbf", iou_thr=0.5, skip_box_thr=0.001, conf_type="avg", weights=(1.0, 2.0, 1.0))
     flipped = write_experiment(tmp_path / "storage" / "flipped", dataset, checkpoints, fused, params)
@@ -179,7 +180,7 @@ def test_a_member_on_mirrored_images_is_exported_once_and_predicted_as_the_ensem
     exported = export_experiment(str(flipped), str(tmp_path / "models"))
     bundle_dir = tmp_path / "models" / exported.bundle_id
     assert sorted(p.name for p in (bundle_dir / "checkpoints").iterdir()) == ["frcnn_0", "yolo_0"]  # one per trial
-    assert [(m["trial_id"], m["tta"], m["checkpoint"]) for m in read_fusion_spec(str(bundle_dir / "fusion.json"))
+    assert [(m.trial_id, m.tta, m.checkpoint) for m in read_fusion_spec(str(bundle_dir / "fusion.json"))
             .members] == [("yolo_0", "none", "checkpoints/yolo_0"), ("frcnn_0", "none", "checkpoints/frcnn_0"),
                           ("frcnn_0", "hflip", "checkpoints/frcnn_0")]
     assert json.loads((bundle_dir / "bundle.json").read_text())["ensemble"]["members"] == [
@@ -195,7 +196,7 @@ def test_a_member_on_mirrored_images_is_exported_once_and_predicted_as_the_ensem
         assert same_detections([a for a in written if a["image_id"] == index + 1],
                                [p for p in expected if p.image_id == image_id])
     # and the mirrored pass mattered: with frcnn_0 as it is in its place, the fused detections differ
-    spec.members[2]["tta"] = "none"
+    spec.members[2] = replace(spec.members[2], tta="none")
     unflipped = ensemble_job_fusion(spec, dataset)
     assert not all(same_detections([a for a in written if a["image_id"] == index + 1],
                                    [p for p in unflipped if p.image_id == image_id])
@@ -263,9 +264,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(trained, tmp_path, capsys):
     spec = read_fusion_spec(str(experiment / "ensemble" / "fusion.json"))
     checkpoints = {}
     for member in spec.members:
-        checkpoint = tmp_path / "checkpoints" / member["trial_id"]
-        shutil.copytree(member["checkpoint"], checkpoint)
-        checkpoints[member["trial_id"]] = (member["architecture"], checkpoint, 0.1)
+        checkpoint = tmp_path / "checkpoints" / member.trial_id
+        shutil.copytree(member.checkpoint, checkpoint)
+        checkpoints[member.trial_id] = (member.architecture, checkpoint, 0.1)
     marker = tmp_path / "code-ran"
     torch.save({"model.0.conv.weight": _RunsCode(marker)}, checkpoints["yolo_0"][1] / "weights.pt")
     evil = write_experiment(tmp_path / "storage" / "evil", dataset, checkpoints)

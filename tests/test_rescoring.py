@@ -11,13 +11,13 @@ import ray
 from PIL import Image
 
 import trainables
-from detfuse import trial
-from detfuse.data import load_dataset
-from detfuse.data.synthetic import generate
-from detfuse.evaluation import evaluate
-from detfuse.member_predictions import Member, as_predictions
+from detfuse.core import trial_link
+from detfuse.core.data import load_dataset
+from detfuse.core.data.synthetic import generate
+from detfuse.core.evaluation import evaluate
+from detfuse.stages.member_predictions import Member, as_predictions
 from detectron2_trials import trial_config as detectron2_config
-from ray_jobs.ensemble import _predict_member_task
+from detfuse.stages.ensemble import _predict_member_task
 from yolov5_trials import trial_config as yolo_config
 
 TOLERANCE = 0.002  # the contract: a re-scored mAP50 within this of the reported one
@@ -42,12 +42,12 @@ def checkpoints(photos, tmp_path_factory):
         }
         found = {}
         for family, config in configs.items():
-            run = trial.LocalRun(tmp_path_factory.mktemp(family), keep=1)
-            trial.use_local_run(run)
+            run = trial_link.LocalRun(tmp_path_factory.mktemp(family), keep=1)
+            trial_link.use_local_run(run)
             try:
                 trainables.load_family(family, "test").train(config)
             finally:
-                trial.use_local_run(None)
+                trial_link.use_local_run(None)
             last = json.loads(run.metrics_log.read_text().splitlines()[-1])
             found[family] = (run.latest_checkpoint(), last["mAP50"])
         yield found

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from detfuse.errors import UserError
+from detfuse.core.errors import UserError
 from search_spaces import available_spaces, load_search_space
 
 

@@ -9,7 +9,7 @@ import multiprocessing
 import pytest
 from PIL import Image
 
-from detfuse.data.synthetic import BUILTIN_NAME, CLASS_NAMES, builtin_dataset_dir, generate
+from detfuse.core.data.synthetic import BUILTIN_NAME, CLASS_NAMES, builtin_dataset_dir, generate
 
 
 def file_hashes(root):
@@ -110,7 +110,7 @@ def test_builtin_set_is_imbalanced_at_several_scales(builtin):
 
 
 def test_builtin_set_loads_through_the_dataset_contract_without_findings(builtin, monkeypatch):
-    from detfuse.data import load_dataset
+    from detfuse.core.data import load_dataset
 
     monkeypatch.setenv("DETFUSE_CACHE", str(builtin.parent.parent))
     dataset = load_dataset("builtin")  # policy 'error': any finding would raise

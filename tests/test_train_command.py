@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from detfuse.data.synthetic import generate
+from detfuse.core.data.synthetic import generate
 
 
 def run(*args):

@@ -17,7 +17,7 @@ import pytest
 import ray
 import yaml
 
-from ray_jobs.tune import run_tune
+from detfuse.stages.tune import run_tune
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from detfuse.errors import UserError
+from detfuse.core.errors import UserError
 from trainables.yolov5 import ARCHITECTURES
 from trainables.yolov5.adapter import HYPERPARAMETERS, ULTRALYTICS_ARGUMENTS
 
@@ -15,7 +15,7 @@ def test_every_size_is_an_architecture_built_from_its_yaml():
 def test_defaults_map_to_ultralytics_arguments():
     adapter = ARCHITECTURES["yolov5s"]
     hparams = adapter.hyperparameters.validate({}, "test")
-    arguments = adapter.ultralytics_arguments(hparams, "test")
+    arguments = adapter.ultralytics_arguments(hparams)
     # every hyperparameter but detfuse's own sampler threshold becomes one Ultralytics argument
     assert set(ULTRALYTICS_ARGUMENTS) == {h.name for h in HYPERPARAMETERS} - {"repeat_threshold"}
     assert arguments == {
@@ -31,7 +31,7 @@ def test_project_names_are_translated():
     hparams = adapter.hyperparameters.validate(
         {"optimizer": "adamw", "lr": 0.002, "final_lr_fraction": 0.1, "image_size": 320, "batch_size": 8,
          "box_gain": 5, "close_mosaic": 0}, "test")
-    arguments = adapter.ultralytics_arguments(hparams, "test")
+    arguments = adapter.ultralytics_arguments(hparams)
     assert (arguments["optimizer"], arguments["lr0"], arguments["lrf"]) == ("AdamW", 0.002, 0.1)
     assert (arguments["imgsz"], arguments["batch"], arguments["box"], arguments["close_mosaic"]) == (320, 8, 5.0, 0)
 
@@ -59,6 +59,5 @@ def test_bad_values_fail(values, problem):
 
 def test_image_size_must_be_a_multiple_of_the_stride():
     adapter = ARCHITECTURES["yolov5n"]
-    hparams = adapter.hyperparameters.validate({"image_size": 500}, "trial config: hparams")
     with pytest.raises(UserError, match="'image_size' = 500 must be a multiple of 32 .* e.g. 480"):
-        adapter.ultralytics_arguments(hparams, "trial config: hparams")
+        adapter.resolve({"image_size": 500}, "trial config: hparams")

@@ -39,13 +39,13 @@ TRIAL_BEHIND_A_BLOCKED_NETWORK = textwrap.dedent("""
     socket.getaddrinfo = blocked("socket.getaddrinfo")
     socket.gethostbyname = blocked("socket.gethostbyname")
 
-    from detfuse import trial
-    from detfuse.data import load_dataset
+    from detfuse.core import trial_link
+    from detfuse.core.data import load_dataset
     from trainables.yolov5 import load_predictor, train
 
     config, run_dir, result_file = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
-    run = trial.LocalRun(run_dir)
-    trial.use_local_run(run)
+    run = trial_link.LocalRun(run_dir)
+    trial_link.use_local_run(run)
     train(config)
     split = load_dataset(config["dataset"]).splits["val"]
     predictions = load_predictor(run.latest_checkpoint()).predict(

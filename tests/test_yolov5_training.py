@@ -8,26 +8,26 @@ import pytest
 import torch
 from yolov5_trials import trial_config, yolo_cache  # noqa: F401  (fixture)
 
-from detfuse import trial
-from detfuse.data import load_dataset
-from detfuse.evaluation import Prediction, evaluate
+from detfuse.core import trial_link
+from detfuse.core.data import load_dataset
+from detfuse.core.evaluation import Prediction, evaluate
 from trainables.yolov5 import checkpoint, load_predictor, train
 
 EPOCHS = 3
 
 
 def run_trial(run, config):
-    trial.use_local_run(run)
+    trial_link.use_local_run(run)
     try:
         train(config)
     finally:
-        trial.use_local_run(None)
+        trial_link.use_local_run(None)
     return [json.loads(line) for line in run.metrics_log.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
 def straight_run(yolo_cache, tmp_path_factory):  # noqa: F811
-    run = trial.LocalRun(tmp_path_factory.mktemp("straight"), keep=EPOCHS)
+    run = trial_link.LocalRun(tmp_path_factory.mktemp("straight"), keep=EPOCHS)
     return run, run_trial(run, trial_config(EPOCHS))
 
 
@@ -53,7 +53,7 @@ def test_trial_resumes_exactly_from_a_checkpoint(straight_run, tmp_path):
     shutil.copytree(stopped_at, tmp_path / stopped_at.name)
     reported = straight.metrics_log.read_text().splitlines(keepends=True)[:2]
     (tmp_path / straight.metrics_log.name).write_text("".join(reported))
-    resumed = trial.LocalRun(tmp_path, keep=EPOCHS)
+    resumed = trial_link.LocalRun(tmp_path, keep=EPOCHS)
     reports = run_trial(resumed, trial_config(EPOCHS))[2:]
     assert [r["epoch"] for r in reports] == [3.0]  # it went on with epoch 3, not from the start
 

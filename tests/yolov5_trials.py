@@ -2,6 +2,8 @@
 
 import pytest
 
+from trainables.trial_config import resolve_trial_config
+
 # From scratch at 160 px, AdamW with one optimizer step per batch learns the built-in set within a few epochs;
 # mosaic stays off so an epoch's images are the ones the sampler drew.
 FAST_HPARAMS = {
@@ -11,11 +13,11 @@ FAST_HPARAMS = {
 
 
 def trial_config(max_epochs, **hparams):
-    return {
-        "family": "yolov5", "architecture": "yolov5n", "dataset": "builtin", "max_epochs": max_epochs,
-        "eval_every": 1.0, "hparams": {**FAST_HPARAMS, **hparams}, "weights": None, "seed": 0, "wandb": None,
-        "verbose": False,
-    }
+    """A resolved trial config (trainables trust what trainables.trial_config resolved)."""
+    return resolve_trial_config({
+        "architecture": "yolov5n", "dataset": "builtin", "max_epochs": max_epochs, "eval_every": 1.0,
+        "hparams": {**FAST_HPARAMS, **hparams},
+    }, "tests/yolov5_trials.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,15 @@
 """Detector families, each a package fulfilling the same trial contract (see docs/architecture.md).
 
-A family package exposes `ARCHITECTURES` (name -> adapter with a `hyperparameters` HyperparameterSet),
-`train(config)` (a Ray Tune function trainable) and `load_predictor(checkpoint_dir, device)`.
-Families are imported lazily: importing one pulls in its framework (detectron2 or ultralytics).
+A family package exposes `ARCHITECTURES` (name -> adapter with a `hyperparameters` HyperparameterSet and
+`resolve(hparams, where, has_weights)`), `trial_workers(resources, where)` (the processes a trial trains in),
+`train(config)` (a Ray Tune function trainable, given a resolved trial config: trial_config.py) and
+`load_predictor(checkpoint_dir, device)`. Importing a family package loads only its adapters; `train` and
+`load_predictor` pull in its framework (detectron2 or ultralytics) on first call.
 """
 
 import importlib
 
-from detfuse.errors import UserError
+from detfuse.core.errors import UserError
 
 FAMILIES = {
     "detectron2": "trainables.detectron2",

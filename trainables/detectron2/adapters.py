@@ -14,8 +14,8 @@ import logging
 import math
 from dataclasses import dataclass
 
-from detfuse.errors import UserError
-from detfuse.hyperparameters import Hyperparameter, HyperparameterSet
+from detfuse.core.errors import UserError
+from detfuse.core.hyperparameters import Hyperparameter, HyperparameterSet
 
 NORMS = ("FrozenBN", "GN", "BN", "SyncBN")
 DEPTHS = (18, 34, 50, 101)

@@ -13,8 +13,8 @@ import threading
 import uuid
 from pathlib import Path
 
-from detfuse import trial
-from detfuse.errors import UserError
+from detfuse.core import trial_link
+from detfuse.core.errors import UserError
 
 
 def train_distributed(config, num_workers, use_gpu, checkpoint_dir=None):
@@ -47,7 +47,7 @@ def train_distributed(config, num_workers, use_gpu, checkpoint_dir=None):
                 continue
             with tempfile.TemporaryDirectory(prefix="detfuse-d2-checkpoint-") as directory:
                 _write_files(directory, files)
-                trial.report(metrics, directory)
+                trial_link.report(metrics, directory)
         fitting.join()
     if "error" in outcome:
         raise _user_error_of(outcome["error"]) or outcome["error"]
@@ -75,7 +75,7 @@ def _train_worker(loop_config):
     import ray.train.torch
     import torch
 
-    from trainables.detectron2 import trainable
+    from trainables.detectron2 import worker
 
     device = ray.train.torch.get_device()
     if device.type == "cuda":
@@ -83,7 +83,7 @@ def _train_worker(loop_config):
     set_up_local_process_group(ray.train.get_context().get_node_rank())
     resume = loop_config["resume"][0]
     with _checkpoint_copy(None if resume is None else ray.get(resume)) as checkpoint_dir:
-        trainable.run_worker(loop_config["config"], checkpoint_dir, QueueReport(loop_config["reports"]), device)
+        worker.run_worker(loop_config["config"], checkpoint_dir, QueueReport(loop_config["reports"]), device)
 
 
 def set_up_local_process_group(node_rank):
@@ -104,7 +104,7 @@ def set_up_local_process_group(node_rank):
 
 
 class QueueReport:
-    """Stands in for `detfuse.trial.report` in rank 0: ships metrics and checkpoint files to the trial process."""
+    """Stands in for `detfuse.trial_link.report` in rank 0: ships metrics and checkpoint files to the trial process."""
 
     def __init__(self, queue):
         self.queue = queue

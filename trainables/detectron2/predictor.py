@@ -17,9 +17,9 @@ from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-from detfuse import checkpoint_meta
-from detfuse.errors import UserError
-from detfuse.evaluation import Detection
+from detfuse.core import checkpoint_meta
+from detfuse.core.errors import UserError
+from detfuse.core.evaluation import Detection
 from trainables.detectron2 import checkpoints
 from trainables.detectron2.adapters import ARCHITECTURES
 

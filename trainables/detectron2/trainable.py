@@ -1,7 +1,7 @@
 """`train(config)`: one Detectron2 trial, the same code under Ray Tune and under `detfuse train`.
 
 A trial asking for one GPU (or none) trains in this process. A trial asking for N > 1 whole GPUs trains with
-DDP across N Ray Train workers (see ddp.py); each worker runs `run_worker` with detectron2's process-group
+DDP across N Ray Train workers (see ddp.py); each worker runs `worker.run_worker` with detectron2's process-group
 state set up, and rank 0's reports travel back to this process, which reports them to Tune.
 """
 
@@ -9,116 +9,27 @@ import sys
 
 import torch
 
-from detfuse import trial
-from detfuse.errors import UserError
+from detfuse.core import trial_link
+from detfuse.core.errors import UserError
 from trainables.detectron2 import logs
-from trainables.detectron2.adapters import ARCHITECTURES, Schedule
-
-
-def resolve(config):
-    """(adapter, resolved hparams) for a trial config; bad names or values fail here, before any work."""
-    architecture = config["architecture"]
-    if architecture not in ARCHITECTURES:
-        raise UserError(f"trial config: unknown detectron2 architecture '{architecture}'; valid: "
-                        f"{', '.join(sorted(ARCHITECTURES))}")
-    adapter = ARCHITECTURES[architecture]
-    return adapter, adapter.resolve(config["hparams"], "trial config: hparams",
-                                    has_weights=config.get("weights") is not None)
-
-
-def ddp_workers(config):
-    """Number of DDP workers a trial's resources ask for: one per whole GPU above one."""
-    gpus = config.get("resources", {}).get("gpu", 0)
-    return int(gpus) if gpus > 1 else 1
+from trainables.detectron2.resources import trial_workers
 
 
 def train(config):
-    """Ray Tune function trainable (also run by `detfuse train` under a LocalRun)."""
-    logs.configure(config.get("verbose", False))
-    _, hparams = resolve(config)
-    workers = ddp_workers(config)
-    if hparams["batch_size"] % workers:
-        raise UserError(f"trial config: hparams: batch_size {hparams['batch_size']} must be divisible by the "
-                        f"{workers} DDP workers (one per GPU of resources.gpu)")
-    with trial.resume_checkpoint() as checkpoint_dir:
+    """Ray Tune function trainable (also run by `detfuse train` under a LocalRun). `config` is a resolved trial
+    config (trainables.trial_config): its hparams are complete and checked."""
+    logs.configure(config["verbose"])
+    workers = trial_workers(config["resources"])
+    if config["hparams"]["batch_size"] % workers:
+        raise UserError(f"trial config: hparams: batch_size {config['hparams']['batch_size']} must be divisible by "
+                        f"the {workers} DDP workers (one per GPU of resources.gpu)")
+    with trial_link.resume_checkpoint() as checkpoint_dir:
         if workers > 1:
             from trainables.detectron2 import ddp
 
             ddp.train_distributed(config, workers, use_gpu=True, checkpoint_dir=checkpoint_dir)
         else:
+            from trainables.detectron2.worker import run_worker
+
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            run_worker(config, checkpoint_dir, trial.report, device, progress=sys.stderr.isatty())
-
-
-def run_worker(config, checkpoint_dir, report, device, progress=False):
-    """Train in this process (one DDP worker, or the whole trial); `report` gets rank 0's evaluations."""
-    from detectron2.utils import comm
-
-    logs.configure(config.get("verbose", False), comm.get_rank())  # before the imports that warn
-    from detectron2.data.build import filter_images_with_only_crowd_annotations
-    from detectron2.utils.env import seed_all_rng
-
-    from detfuse.data import load_dataset
-    from detfuse.data.views import detectron2_dicts
-    from trainables.detectron2 import checkpoints, loader
-    from trainables.detectron2.trainer import Trainer, TrialData
-
-    adapter, hparams = resolve(config)
-    dataset = load_dataset(config["dataset"])
-    num_train_images = len(dataset.splits["train"].coco["images"])
-    schedule = Schedule.from_epochs(hparams, num_train_images, config["max_epochs"], config["eval_every"])
-    cfg = adapter.build_config(hparams, len(dataset.class_names), schedule, config["seed"])
-    train_dicts = detectron2_dicts(dataset, "train")
-    val_dicts = detectron2_dicts(dataset, "val")
-    cfg.defrost()
-    cfg.MODEL.DEVICE = str(device)
-    cfg.DATASETS.TRAIN = (loader.register_split(dataset, "train", train_dicts),)
-    cfg.DATASETS.TEST = (loader.register_split(dataset, "val", val_dicts),)
-    cfg.DATALOADER.NUM_WORKERS = data_workers(config, device)
-    cfg.freeze()
-    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-        train_dicts = filter_images_with_only_crowd_annotations(train_dicts)
-    data = TrialData(
-        architecture=config["architecture"], hparams=hparams, class_names=list(dataset.class_names),
-        category_ids=list(dataset.category_ids), train_dicts=train_dicts, val_dicts=val_dicts,
-        val_coco=dataset.splits["val"].coco, num_train_images=num_train_images,
-    )
-
-    resume_state, weights = None, None
-    if checkpoint_dir is not None:
-        _check_same_trial(checkpoints.read_meta(checkpoint_dir), data, checkpoint_dir)
-        resume_state = {"model": checkpoints.read_model_state(checkpoint_dir),
-                        "training": checkpoints.read_training_state(checkpoint_dir)}
-    else:
-        seed_all_rng(config["seed"] + comm.get_rank())
-        weights = local_weights(config.get("weights"))
-    trainer = Trainer(cfg, data, report, resume_state=resume_state, weights=weights,
-                      verbose=config.get("verbose", False), progress=progress)
-    trainer.train()
-
-
-def data_workers(config, device):
-    """DataLoader processes: none on CPU (they would compete with training for the same cores)."""
-    if device.type != "cuda":
-        return 0
-    cpus = config.get("resources", {}).get("cpu", 1) / max(1, ddp_workers(config))
-    return max(0, min(4, int(cpus) - 1))
-
-
-def local_weights(weights):
-    """A local file for the trial's `weights` (path or s3:// URI, fetched once per node); None when unset."""
-    if weights is None:
-        return None
-    if weights.startswith("s3://"):
-        from detfuse.storage.s3 import fetch
-
-        return fetch(weights)
-    return weights
-
-
-def _check_same_trial(meta, data, checkpoint_dir):
-    for key, now in (("architecture", data.architecture), ("hparams", data.hparams),
-                     ("class_names", data.class_names)):
-        if meta.get(key) != now:
-            raise UserError(f"{checkpoint_dir}: cannot resume: the checkpoint's {key} ({meta.get(key)}) differs "
-                            f"from this trial's ({now}); start a new run instead")
+            run_worker(config, checkpoint_dir, trial_link.report, device, progress=sys.stderr.isatty())

@@ -22,8 +22,9 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
 from torch.nn.parallel import DistributedDataParallel
 
-from detfuse.errors import UserError
-from detfuse.evaluation import Prediction, evaluate
+from detfuse.core.errors import UserError
+from detfuse.core.evaluation import Prediction, evaluate
+from detfuse.core.rng_state import restore_rng_state, rng_state
 from trainables.detectron2 import checkpoints, loader
 from trainables.detectron2.predictor import Detectron2Predictor
 
@@ -135,7 +136,7 @@ class Trainer(SimpleTrainer):
         super().before_train()
         if self._rng_to_restore is not None:
             # last, after everything that builds or starts draws random numbers
-            checkpoints.restore_rng_state(self._rng_to_restore, self.device)
+            restore_rng_state(self._rng_to_restore, self.device)
 
     def run_step(self):
         start = time.perf_counter()
@@ -182,7 +183,7 @@ class Trainer(SimpleTrainer):
     def training_state(self, iteration):
         """Everything resuming at `iteration` needs besides the weights; worker states gathered on rank 0."""
         worker = {"rank": comm.get_rank(), "local_rank": comm.get_local_rank(), "local_size": comm.get_local_size(),
-                  "rng": checkpoints.rng_state(self.device), "stream": self.stream_state}
+                  "rng": rng_state(self.device), "stream": self.stream_state}
         workers = comm.gather(worker, dst=0)
         return {
             "iteration": iteration,

@@ -5,6 +5,7 @@ Importing the package loads only the adapters (no ultralytics): search spaces va
 """
 
 from trainables.yolov5.adapter import ARCHITECTURES
+from trainables.yolov5.resources import trial_workers
 
 
 def train(config):
@@ -19,4 +20,4 @@ def load_predictor(checkpoint_dir, device="cpu"):
     return load(checkpoint_dir, device)
 
 
-__all__ = ["ARCHITECTURES", "train", "load_predictor"]
+__all__ = ["ARCHITECTURES", "trial_workers", "train", "load_predictor"]

@@ -5,8 +5,8 @@ DFL-based detection head of YOLOv8), so the loss gains are box/cls/dfl rather th
 This module imports nothing from ultralytics: search spaces are validated without loading the framework.
 """
 
-from detfuse.errors import UserError
-from detfuse.hyperparameters import Hyperparameter, HyperparameterSet
+from detfuse.core.errors import UserError
+from detfuse.core.hyperparameters import Hyperparameter, HyperparameterSet
 
 SIZES = ("n", "s", "m", "l", "x")
 STRIDE = 32  # the largest stride of every YOLOv5 size: image sizes must be multiples of it
@@ -67,8 +67,9 @@ class YoloV5Adapter:
         self.model_yaml = f"yolov5{size}.yaml"
         self.hyperparameters = HyperparameterSet(self.architecture, HYPERPARAMETERS)
 
-    def resolve(self, hparams, where):
-        """Validate `hparams` (project names) and return them complete with defaults: the boundary check."""
+    def resolve(self, hparams, where, has_weights=None):
+        """Validate `hparams` (project names) and return them complete with defaults: the boundary check.
+        (`has_weights`, part of every adapter's `resolve`, changes nothing for YOLOv5: any norm trains from scratch.)"""
         resolved = self.hyperparameters.validate(hparams, where)
         if resolved["image_size"] % STRIDE:
             raise UserError(
@@ -77,13 +78,8 @@ class YoloV5Adapter:
             )
         return resolved
 
-    def ultralytics_arguments(self, hparams, where):
-        """Ultralytics' training arguments for validated `hparams` (project names, defaults filled in)."""
-        if hparams["image_size"] % STRIDE:
-            raise UserError(
-                f"{where}: hyperparameter 'image_size' = {hparams['image_size']} must be a multiple of {STRIDE} "
-                f"(YOLOv5's largest stride), e.g. {hparams['image_size'] // STRIDE * STRIDE or STRIDE}"
-            )
+    def ultralytics_arguments(self, hparams):
+        """Ultralytics' training arguments for resolved `hparams` (project names, defaults filled in)."""
         arguments = {ULTRALYTICS_ARGUMENTS[name]: value for name, value in hparams.items()
                      if name in ULTRALYTICS_ARGUMENTS}
         arguments["optimizer"] = OPTIMIZERS[hparams["optimizer"]]

@@ -11,15 +11,13 @@ no pickled Ultralytics classes, and a checkpoint stays readable when Ultralytics
 model is rebuilt from the architecture's yaml and the number of classes.
 """
 
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from detfuse import checkpoint_meta
-from detfuse.errors import UserError
+from detfuse.core import checkpoint_meta
+from detfuse.core.errors import UserError
 
 FAMILY = "yolov5"
 WEIGHTS_FILE = "weights.pt"
@@ -52,25 +50,3 @@ def _load(path):
     if not path.is_file():
         raise UserError(f"{path}: missing from the checkpoint directory; was it written by detfuse's yolov5 family?")
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def rng_state():
-    """The states of every random number generator training draws from (augmentation, init, dropout)."""
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state):
-    random.setstate(state["python"])
-    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -13,7 +13,7 @@ import sys
 
 from filelock import FileLock
 
-from detfuse.data.cache import cache_root
+from detfuse.core.node_cache import cache_root
 
 # every integration ultralytics knows, off: detfuse reports to Tune and W&B itself
 _SETTINGS = {

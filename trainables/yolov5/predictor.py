@@ -27,8 +27,8 @@ from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 from ultralytics.utils import ops  # noqa: E402
 from ultralytics.utils.patches import imread  # noqa: E402
 
-from detfuse.errors import UserError  # noqa: E402
-from detfuse.evaluation import Detection  # noqa: E402
+from detfuse.core.errors import UserError  # noqa: E402
+from detfuse.core.evaluation import Detection  # noqa: E402
 from trainables.yolov5 import checkpoint  # noqa: E402
 
 

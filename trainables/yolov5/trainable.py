@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from detfuse import trial
-from detfuse.errors import UserError
+from detfuse.core import trial_link
+from detfuse.core.errors import UserError
 from trainables.yolov5 import checkpoint, environment
 from trainables.yolov5.adapter import ARCHITECTURES
 
@@ -23,7 +23,7 @@ _MAX_LOADER_WORKERS = 8
 
 def train(config):
     """Train `config["architecture"]` and report each evaluated epoch with a checkpoint (docs/architecture.md)."""
-    with trial.resume_checkpoint() as directory:
+    with trial_link.resume_checkpoint() as directory:
         resume_state = None
         if directory is not None:
             resume_state = {**checkpoint.read_trainer_state(directory), "ema": checkpoint.read_weights(directory)}
@@ -36,19 +36,14 @@ def train(config):
 def build_trainer(config, work_dir, resume_state=None):
     """The Ultralytics trainer for one trial, writing its files under `work_dir`."""
     environment.configure()
-    from detfuse.data import load_dataset
-    from detfuse.data.views import yolo_view
+    from detfuse.core.data import load_dataset
+    from trainables.yolov5.dataset_view import yolo_view
     from trainables.yolov5.trainer import TrialPlan, YoloTrialTrainer
 
     environment.set_verbosity(config["verbose"])
 
-    where = "trial config"
-    adapter = ARCHITECTURES.get(config["architecture"])
-    if adapter is None:
-        raise UserError(f"{where}: unknown YOLOv5 architecture '{config['architecture']}'; "
-                        f"valid: {', '.join(ARCHITECTURES)}")
-    hparams = adapter.hyperparameters.validate(config["hparams"], f"{where}: hparams")
-    arguments = adapter.ultralytics_arguments(hparams, f"{where}: hparams")
+    adapter, hparams = ARCHITECTURES[config["architecture"]], config["hparams"]  # resolved: trainables.trial_config
+    arguments = adapter.ultralytics_arguments(hparams)
     dataset = load_dataset(config["dataset"])
     plan = TrialPlan(
         architecture=adapter.architecture, hparams=hparams, dataset=dataset,
@@ -75,7 +70,7 @@ def build_trainer(config, work_dir, resume_state=None):
 def _loader_workers():
     """Data loading processes: as many as the CPUs Ray gave the trial (all CPUs outside Tune), at most 8."""
     cpus = os.cpu_count() or 1
-    if trial.in_tune_trial():
+    if trial_link.in_tune_trial():
         import ray
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
@@ -86,10 +81,10 @@ def _initial_weights(source):
     """The model to initialise from: an Ultralytics .pt file or a detfuse yolov5 checkpoint directory."""
     if source is None:
         return None
-    from detfuse.storage.s3 import fetch, is_s3_uri
+    from detfuse.core.storage.s3 import local_path
     from trainables.yolov5.predictor import build_model
 
-    path = fetch(source) if is_s3_uri(source) else Path(source).expanduser()
+    path = local_path(source)
     if path.is_dir():
         meta = checkpoint.read_meta(path)
         model = build_model(meta["architecture"], len(meta["class_names"]))

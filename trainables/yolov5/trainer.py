@@ -1,8 +1,8 @@
 """Ultralytics' DetectionTrainer held to the detfuse trial contract.
 
 What changes against a plain Ultralytics run, and why:
-- Each epoch the EMA model is scored by the project's evaluator (detfuse.evaluation) on the val split, in
-  original pixels and COCO ids, and the result is reported with a checkpoint (detfuse.trial.report): Tune's
+- Each epoch the EMA model is scored by the project's evaluator (detfuse.core.evaluation) on the val split, in
+  original pixels and COCO ids, and the result is reported with a checkpoint (detfuse.trial_link.report): Tune's
   schedulers compare both families on the same numbers, and any report can be resumed.
 - Resuming loads detfuse's own checkpoint (raw model, EMA, optimizer, AMP scaler, epoch, RNG states) and
   continues with the next epoch; Ultralytics' own resume restarts the model from its EMA and re-reads its
@@ -32,8 +32,9 @@ from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 from ultralytics.utils import callbacks  # noqa: E402
 from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
-from detfuse import trial  # noqa: E402
-from detfuse.evaluation import Prediction, evaluate  # noqa: E402
+from detfuse.core import trial_link  # noqa: E402
+from detfuse.core.evaluation import Prediction, evaluate  # noqa: E402
+from detfuse.core.rng_state import restore_rng_state, rng_state  # noqa: E402
 from trainables.yolov5 import checkpoint  # noqa: E402
 from trainables.yolov5.predictor import YoloPredictor  # noqa: E402
 from trainables.yolov5.sampler import RepeatFactorSampler, repeat_factors  # noqa: E402
@@ -45,7 +46,7 @@ class TrialPlan:
 
     architecture: str
     hparams: dict  # project hyperparameter names, validated, defaults filled in
-    dataset: object  # detfuse.data Dataset: class names, COCO ids, the val split the evaluator scores
+    dataset: object  # detfuse.core.data Dataset: class names, COCO ids, the val split the evaluator scores
     eval_interval: int  # evaluate and report every this many epochs, and after the last
     checkpoint_dir: Path  # where a checkpoint is written before it is reported
     initial_weights: torch.nn.Module | None = None  # a model whose matching weights initialise training
@@ -129,7 +130,7 @@ class YoloTrialTrainer(DetectionTrainer):
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = state["epoch"] + 1
         self.sampler.next_epoch = self.start_epoch
-        checkpoint.restore_rng_state(state["rng"])
+        restore_rng_state(state["rng"], self.device)
 
     def validate(self):
         """Score the EMA model with the project's evaluator, on every `eval_interval`-th epoch and the last."""
@@ -150,7 +151,7 @@ class YoloTrialTrainer(DetectionTrainer):
         return evaluation.as_metrics(), evaluation.mAP50_95
 
     def evaluate(self, model):
-        """`detfuse.evaluation` of `model`'s predictions on the dataset's val split."""
+        """`detfuse.core.evaluation` of `model`'s predictions on the dataset's val split."""
         split = self.plan.dataset.splits["val"]
         images = split.coco["images"]
         predictor = YoloPredictor(model, self.args.imgsz, self.plan.dataset.category_ids, self.device,
@@ -174,13 +175,13 @@ class YoloTrialTrainer(DetectionTrainer):
         trainer_state = {
             "model": unwrap_model(self.model).state_dict(), "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch, "rng": checkpoint.rng_state(),
+            "epoch": self.epoch, "rng": rng_state(self.device),
         }
         checkpoint.write(self.plan.checkpoint_dir, meta, self.ema.ema.state_dict(), trainer_state)
         return True
 
     def _report_checkpoint(self):
-        trial.report(self.report_metrics, self.plan.checkpoint_dir)
+        trial_link.report(self.report_metrics, self.plan.checkpoint_dir)
         shutil.rmtree(self.plan.checkpoint_dir)  # reporting copied it (to Tune's storage or the run directory)
         if self.progress is not None:
             self.progress.set_description(self._progress_description(f"mAP50 {self.report_metrics['mAP50']:.3f}"))
@@ -195,7 +196,7 @@ class YoloTrialTrainer(DetectionTrainer):
         self.epoch_seconds = time.perf_counter() - self.epoch_started
 
     def _open_progress_bar(self):
-        if trial.in_tune_trial():
+        if trial_link.in_tune_trial():
             from ray.experimental.tqdm_ray import tqdm  # one line per trial in the driver's console
         else:
             from tqdm import tqdm

@@ -1,0 +1,75 @@
+"""`leaderboard.json`: one row per trial of a finished (or interrupted) Tune experiment, best mAP50 first.
+
+The ensemble and export stages read it instead of Tune's internals, so it holds everything they need:
+family, architecture, hyperparameters, the best mAP50, its epoch and the URI of that checkpoint.
+"""
+
+import json
+import math
+
+from detfuse.core.storage import experiment_storage
+
+METRIC = "mAP50"
+
+
+def _uri(checkpoint, storage):
+    return f"s3://{checkpoint.path}" if storage.startswith("s3://") else checkpoint.path
+
+
+def trial_row(result, storage):
+    """The leaderboard row of one Tune Result."""
+    config = result.config or {}
+    frame = result.metrics_dataframe
+    row = {
+        "trial_id": (result.metrics or {}).get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1],
+        "family": config.get("family"),
+        "architecture": config.get("architecture"),
+        "hparams": config.get("hparams", {}),
+        "max_epochs": config.get("max_epochs"),
+        "best_mAP50": None,
+        "best_mAP50_95": None,
+        "best_epoch": None,
+        "epochs_trained": 0.0,
+        "stopped_early": False,
+        "error": None if result.error is None else str(result.error).strip().splitlines()[-1][:500],
+        "checkpoint": None,
+        "path": result.path,
+    }
+    if frame is not None and METRIC in frame and frame[METRIC].notna().any():
+        best = frame.loc[frame[METRIC].idxmax()]
+        row["best_mAP50"] = float(best[METRIC])
+        row["best_mAP50_95"] = float(best.get("mAP50_95", math.nan))
+        row["best_epoch"] = float(best["epoch"])
+        row["epochs_trained"] = float(frame["epoch"].max())
+        # a trial that ended cleanly before its own budget was stopped by its family's ASHA
+        row["stopped_early"] = result.error is None and row["epochs_trained"] < config.get("max_epochs", 0) - 1e-6
+    checkpoint = result.get_best_checkpoint(METRIC, "max") if result.best_checkpoints else None
+    if checkpoint is not None:
+        row["checkpoint"] = _uri(checkpoint, storage)
+    return row
+
+
+def build_leaderboard(result_grid, storage):
+    rows = [trial_row(result, storage) for result in result_grid]
+    return sorted(rows, key=lambda r: -1.0 if r["best_mAP50"] is None else r["best_mAP50"], reverse=True)
+
+
+def write_leaderboard(rows, experiment_uri):
+    uri = experiment_storage.join(experiment_uri, "leaderboard.json")
+    experiment_storage.write_text(uri, json.dumps(rows, indent=2))
+    return uri
+
+
+def read_leaderboard(experiment_uri):
+    return experiment_storage.read_json(experiment_storage.join(experiment_uri, "leaderboard.json"))
+
+
+def top_per_family(rows, k):
+    """The best `k` trials with a checkpoint of every family, best first."""
+    top = {}
+    for row in rows:
+        if row["checkpoint"] is not None and row["best_mAP50"] is not None:
+            top.setdefault(row["family"], [])
+            if len(top[row["family"]]) < k:
+                top[row["family"]].append(row)
+    return top
