@@ -48,11 +48,16 @@ def run_train(config_path, overrides=(), out_dir=None, resume=False, verbose=Fal
     run = trial_link.LocalRun(out) if wandb_run is None else WandbLocalRun(out, wandb_run)
     if resume and run.latest_checkpoint() is None:
         raise UserError(f"--resume: {out} holds no checkpoint to resume from")
+    import trainables
+
+    family = trainables.load_family(config["family"])
+    if family.trial_workers(config["resources"]) > 1:
+        from detfuse.stages.cluster import connect
+
+        connect(verbose)  # its DDP workers are Ray actors: joined as the jobs join, their logs follow -v
     trial_link.use_local_run(run)
     try:
-        import trainables
-
-        trainables.load_family(config["family"]).train(config)
+        family.train(config)
     finally:
         trial_link.use_local_run(None)
         if wandb_run is not None:
