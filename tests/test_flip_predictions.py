@@ -7,10 +7,10 @@ import PIL.Image
 import pytest
 
 import trainables
-from detfuse.core import trial_link
 from detfuse.core.data import load_dataset
 from detfuse.core.data.synthetic import generate
 from detectron2_trials import trial_config as detectron2_config
+from local_runs import train_in_local_run
 from yolov5_trials import trial_config as yolo_config
 
 
@@ -50,13 +50,7 @@ def checkpoints(dataset, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DETFUSE_CACHE", str(tmp_path_factory.mktemp("cache")))
         for family, config in configs.items():
-            run = trial_link.LocalRun(tmp_path_factory.mktemp(family), keep=1)
-            trial_link.use_local_run(run)
-            try:
-                trainables.load_family(family, "test").train(config)
-            finally:
-                trial_link.use_local_run(None)
-            found[family] = run.latest_checkpoint()
+            found[family] = train_in_local_run(config, tmp_path_factory.mktemp(family)).latest_checkpoint()
     return found
 
 

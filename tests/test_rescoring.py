@@ -11,12 +11,12 @@ import ray
 from PIL import Image
 
 import trainables
-from detfuse.core import trial_link
 from detfuse.core.data import load_dataset
 from detfuse.core.data.synthetic import generate
 from detfuse.core.evaluation import evaluate
 from detfuse.stages.member_predictions import Member, as_predictions
 from detectron2_trials import trial_config as detectron2_config
+from local_runs import train_in_local_run
 from detfuse.stages.ensemble import _predict_member_task
 from yolov5_trials import trial_config as yolo_config
 
@@ -42,12 +42,7 @@ def checkpoints(photos, tmp_path_factory):
         }
         found = {}
         for family, config in configs.items():
-            run = trial_link.LocalRun(tmp_path_factory.mktemp(family), keep=1)
-            trial_link.use_local_run(run)
-            try:
-                trainables.load_family(family, "test").train(config)
-            finally:
-                trial_link.use_local_run(None)
+            run = train_in_local_run(config, tmp_path_factory.mktemp(family))
             last = json.loads(run.metrics_log.read_text().splitlines()[-1])
             found[family] = (run.latest_checkpoint(), last["mAP50"])
         yield found
