@@ -24,8 +24,9 @@ if [[ ! -e $OUT/experiment.yaml ]]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/card.txt" || true
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' >> "$OUT/card.txt"
   gpus=$(nvidia-smi -L | wc -l) cpus=$(nproc)
-  d2="cpu: $((cpus * 3 / 16)), gpu: $(python3 -c "print($gpus / 4)")"
-  yolo="cpu: $((cpus / 8)), gpu: $(python3 -c "print($gpus / 8)")"
+  d2_cpus=$((cpus * 3 / 16)) yolo_cpus=$((cpus / 8))
+  d2="cpu: $((d2_cpus > 0 ? d2_cpus : 1)), gpu: $(python3 -c "print($gpus / 4)")"
+  yolo="cpu: $((yolo_cpus > 0 ? yolo_cpus : 1)), gpu: $(python3 -c "print($gpus / 8)")"
   cat > "$OUT/experiment.yaml" <<YAML
 name: quality
 dataset: $DATA

@@ -24,7 +24,6 @@ def main(experiment, card=None):
     experiment = Path(experiment)
     summary = json.loads((experiment / "ensemble" / "summary.json").read_text())
     rows = json.loads((experiment / "leaderboard.json").read_text())
-    rows = rows["trials"] if isinstance(rows, dict) else rows
     report = summary["splits"]["report"]["split"]
     if card:
         print("Card: " + " / ".join(Path(card).read_text().split("\n")).strip(" /"))
@@ -65,7 +64,7 @@ def main(experiment, card=None):
         print(f"\nCross-family members: {', '.join(cross['members'])} (weights {cross['weights']}, "
               f"{cross['params']['method']}); gains: {json.dumps({k: round(v, 4) for k, v in summary['gains'].items() if isinstance(v, float)})}")
     for warning in summary.get("warnings", []):
-        print(f"\nWARNING: {warning}")
+        print(f"\n{warning}")
 
 
 if __name__ == "__main__":

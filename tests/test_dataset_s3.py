@@ -149,5 +149,5 @@ def test_no_credentials(s3_server, monkeypatch):
 
 def test_the_package_holds_no_test_only_upload_code():
     """Uploads of test data live in tests/s3_uploads.py; the package's S3 module downloads (exports go through
-    detfuse.core.storage.destination, with settings, checksums and encryption)."""
+    detfuse.core.storage.store, with settings, checksums and encryption)."""
     assert not hasattr(s3, "upload_file") and not hasattr(s3, "upload_directory")

@@ -1,5 +1,6 @@
-"""A DDP trial at default verbosity prints nothing of its Ray Train workers, Ray Train's controller or pycocotools:
-its driver joins Ray the way `detfuse tune` and `detfuse train` do (detfuse.stages.cluster.connect)."""
+"""A DDP trial at default verbosity prints nothing of its Ray Train workers, Ray Train's controller or pycocotools
+when its driver has joined Ray the way `detfuse tune` and `detfuse train` do (detfuse.stages.cluster.connect;
+that `detfuse train` does: tests/test_train_command.py)."""
 
 import json
 import os
@@ -12,7 +13,7 @@ from detectron2_trials import d2_cache, tiny_dataset, trial_config  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Two gloo workers train Faster R-CNN for an epoch under a local run, as `detfuse train` runs a DDP trial
+# Two gloo workers train Faster R-CNN for an epoch under a local run, after the jobs' connection to Ray
 DRIVER = """
 import json, sys
 from detfuse.core import trial_link

@@ -30,6 +30,14 @@ def test_read_write_exists_list_delete_and_put_with_its_sha256(root, tmp_path):
     assert not store.exists("a.json")
 
 
+def test_a_folder_exists_whatever_sorts_before_it(root):
+    store = open_store(root)
+    store.write_bytes("run-old/x.json", b"{}")  # "run-old/..." sorts before "run/..."
+    assert not store.exists("run")
+    store.write_bytes("run/x.json", b"{}")
+    assert store.exists("run") and store.exists("run/x.json") and not store.exists("run/x")
+
+
 def test_experiment_storage_uris(root):
     uri = experiment_storage.join(root, "demo", "leaderboard.json")
     assert not experiment_storage.exists(uri)

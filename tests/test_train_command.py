@@ -42,3 +42,31 @@ def test_unknown_hyperparameter_exits_2_listing_the_valid_names(tmp_path):
     assert result.returncode == 2
     assert "'roi_batch_size' is not a hyperparameter of retinanet" in result.stderr
     assert "focal_gamma" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_multi_worker_trial_joins_ray_quietly_first(tmp_path, monkeypatch):
+    """A DDP trial's workers are Ray actors: `detfuse train` connects as the jobs do (quiet unless -v) before
+    the family trains; a one-process trial never starts Ray. (What a quiet connection hides from a real DDP
+    trial: tests/test_quiet_ddp.py.)"""
+    import trainables.detectron2
+    from detfuse.core import trial_link
+    from detfuse.stages import cluster
+    from detfuse.stages.local_trial import run_train
+
+    events = []
+
+    def train(config):  # stands in for the family's training: records the order, reports one result
+        events.append(("train", config["family"]))
+        trial_link.report({"mAP50": 0.5, "epoch": 1.0})
+
+    monkeypatch.setattr(cluster, "connect", lambda verbose=False: events.append(("connect", verbose)))
+    monkeypatch.setattr(trainables.detectron2, "train", train)
+    config = tmp_path / "trial.yaml"
+    config.write_text(yaml.safe_dump({"architecture": "faster_rcnn", "dataset": "builtin", "max_epochs": 1,
+                                      "resources": {"cpu": 2, "gpu": 2}}))
+    assert run_train(config, out_dir=tmp_path / "ddp") == 0
+    assert events == [("connect", False), ("train", "detectron2")]
+    events.clear()
+    config.write_text(yaml.safe_dump({"architecture": "faster_rcnn", "dataset": "builtin", "max_epochs": 1}))
+    assert run_train(config, out_dir=tmp_path / "one", verbose=True) == 0
+    assert events == [("train", "detectron2")]

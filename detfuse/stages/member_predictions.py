@@ -25,7 +25,9 @@ from detfuse.core.errors import UserError
 from detfuse.core.evaluation import Prediction
 
 TTA_MODES = ("none", "hflip")  # a member's augmentation; as --tta, the one each trial is also fused with
-DEFAULT_TTA = "none"  # until a GPU benchmark measures what hflip adds to the fused mAP50
+# none: on real photos (benchmarks/RESULTS.md) mirrored passes helped same-family ensembles but not the
+# cross-family one, and they double inference and fitting time
+DEFAULT_TTA = "none"
 
 
 def member_name(trial_id, tta):
@@ -113,11 +115,9 @@ def as_predictions(rows):
 
 def local_checkpoint(uri):
     """A local directory holding the checkpoint at `uri` (S3 checkpoints are fetched once per node)."""
-    if uri.startswith("s3://"):
-        from detfuse.core.storage.s3 import fetch
+    from detfuse.core.storage.s3 import is_s3_uri, local_path
 
-        return fetch(uri.rstrip("/") + "/")
-    path = Path(uri)
+    path = local_path(uri.rstrip("/") + "/" if is_s3_uri(uri) else uri)
     if not path.is_dir():
         raise UserError(f"checkpoint {uri} is not a directory on this node; on a multi-node cluster the "
                         f"experiment storage must be shared (s3:// or a shared file system)")

@@ -10,7 +10,8 @@ around `image_size`, and about one in ten is a crowded scene of 15-30 smaller ob
 and a handful of objects hid letterboxing and NMS bugs that real data showed at once.
 
 Drawing is deterministic: each image takes its random numbers from (seed, split, index), so the same seed
-gives byte-identical files on the same Pillow/NumPy, and changing one split's size leaves the others alone.
+gives byte-identical files on the same Pillow/NumPy, and changing one split's size leaves the others' images alone
+(the image ids in the JSON files are numbered across splits, so those shift).
 """
 
 import json

@@ -1,1 +1,3 @@
-"""Remote storage. s3.py talks to S3 and S3-compatible servers through boto3's own configuration."""
+"""Storage: store.py is the one interface to a local directory or an S3 prefix (read, atomic write, exists, list,
+put with sha256), experiment_storage.py addresses it by URI, and s3.py holds the S3 client, its settings and the
+once-per-node fetch into the cache."""

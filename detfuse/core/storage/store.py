@@ -160,10 +160,14 @@ class S3Prefix:
     def exists(self, key):
         """Whether an object, or a prefix holding objects, is at `key`."""
         _check_key(key)
+        full = self.prefix + key
         with explained_errors(self.uri_of(key), self.client):
-            listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + key, MaxKeys=1)
-        return any(entry["Key"] == self.prefix + key or entry["Key"].startswith(self.prefix + key + "/")
-                   for entry in listed.get("Contents", []))
+            first = self.client.list_objects_v2(Bucket=self.bucket, Prefix=full, MaxKeys=1)
+            if any(entry["Key"] == full for entry in first.get("Contents", [])):
+                return True
+            # listed by `key` alone, a sibling may come first ("run-old/x" sorts before "run/x")
+            below = self.client.list_objects_v2(Bucket=self.bucket, Prefix=full + "/", MaxKeys=1)
+        return bool(below.get("Contents"))
 
     def delete(self, key):
         _check_key(key)
