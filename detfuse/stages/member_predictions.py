@@ -17,7 +17,6 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from detfuse.core import checkpoint_meta
 from detfuse.core.storage import experiment_storage
