@@ -26,8 +26,8 @@ TINY_LR = {"faster_rcnn": 1e-7, "retinanet": 1e-7, "cascade_rcnn": 1e-7, "yolov5
 def trial(architecture, dataset, weights, **hparams):
     tiny = TINY_HPARAMS.get(architecture, FAST_HPARAMS)
     return resolve_trial_config({"architecture": architecture, "dataset": str(dataset), "max_epochs": 1 / 3,
-                                 "hparams": {**tiny, "lr": TINY_LR[architecture], **hparams}, "weights": weights, "seed": 7},
-                                "pretrained trial")
+                                 "hparams": {**tiny, "lr": TINY_LR[architecture], **hparams}, "weights": weights,
+                                 "seed": 7}, "pretrained trial")
 
 
 def detectron2_state(architecture, num_classes, seed):

@@ -46,7 +46,7 @@ def download_into(url: str, part: Path, where: str):
         try:
             with open(part, "ab" if resumed else "wb") as out:
                 shutil.copyfileobj(response, out, CHUNK)
-        except (OSError, http.client.HTTPException) as error:  # a dropped connection mid-body: what arrived stays in `part` for the next try
+        except (OSError, http.client.HTTPException) as error:  # dropped mid-body: `part` keeps what arrived
             raise UserError(f"{where}: downloading {url} was interrupted ({error}); run again to continue it") \
                 from None
     size = part.stat().st_size
