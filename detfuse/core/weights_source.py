@@ -136,7 +136,9 @@ def fetch_weights(spec: WeightsSpec, named: NamedWeights | None, where) -> Path:
         path = Path(spec.source).expanduser()
         if not path.exists():
             raise UserError(f"{where}: {spec.source} does not exist on this node; weights are {FORMS}")
-    if spec.sha256 is not None and path.is_file():
+    if spec.sha256 is not None and not path.is_file():
+        raise UserError(f"{where}: weights.sha256 applies to a file, and {path} is a directory: remove the sha256")
+    if spec.sha256 is not None:
         _check_sha256(path, spec, where, fix=f"correct weights.sha256, or remove {path} to fetch it again"
                       if path.is_relative_to(cache_root()) else "correct weights.sha256 or the file")
     return path
