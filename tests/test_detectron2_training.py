@@ -105,7 +105,7 @@ def test_weights_from_s3(tiny_dataset, tmp_path, s3_bucket, d2_cache):  # noqa: 
 
     # another seed starts from other random weights; one step at a negligible lr keeps the loaded ones
     config = {**trial_config("retinanet", tiny_dataset, max_epochs=1 / 3, lr=1e-7),
-              "weights": f"s3://{s3_bucket}/weights/retinanet.pth", "seed": 5}
+              "weights": {"source": f"s3://{s3_bucket}/weights/retinanet.pth", "sha256": None}, "seed": 5}
     target = trial_link.LocalRun(tmp_path / "target")
     run_trial(target, config)
     loaded = checkpoints.read_model_state(target.latest_checkpoint())

@@ -97,13 +97,14 @@ def test_training_starts_from_given_weights(straight_run, tmp_path):
     run, _ = straight_run
     trained = checkpoint.read_weights(run.latest_checkpoint())
     # a detfuse checkpoint directory ...
-    config = {**trial_config(1), "weights": str(run.latest_checkpoint())}
+    config = {**trial_config(1), "weights": {"source": str(run.latest_checkpoint()), "sha256": None}}
     model = build_trainer(config, tmp_path / "from-checkpoint").model
     assert all(torch.equal(model.state_dict()[name], value) for name, value in trained.items())
     # ... or an Ultralytics checkpoint file of another class count: the layers whose shapes match are copied
     other = build_model("yolov5n", num_classes=3)
     torch.save({"model": other, "train_args": {}}, tmp_path / "other.pt")
-    model = build_trainer({**config, "weights": str(tmp_path / "other.pt")}, tmp_path / "from-pt").model
+    model = build_trainer({**config, "weights": {"source": str(tmp_path / "other.pt"), "sha256": None}},
+                          tmp_path / "from-pt").model
     backbone = "model.0.conv.weight"
     assert torch.equal(model.state_dict()[backbone], other.state_dict()[backbone])
     assert not torch.equal(model.state_dict()[backbone], trained[backbone])

@@ -2,6 +2,8 @@
 
 A family package exposes `ARCHITECTURES` (name -> adapter with a `hyperparameters` HyperparameterSet and
 `resolve(hparams, where, has_weights)`), `trial_workers(resources, where)` (the processes a trial trains in),
+`named_weights(source, where)` (the detfuse.core.weights_source.NamedWeights of a name the family publishes
+weights under, e.g. detectron2://... or yolov5su.pt; None for any other source),
 `train(config)` (a Ray Tune function trainable, given a resolved trial config: trial_config.py) and
 `load_predictor(checkpoint_dir, device)`. Importing a family package loads only its adapters; `train` and
 `load_predictor` pull in its framework (detectron2 or ultralytics) on first call.
@@ -36,3 +38,12 @@ def family_of(architecture, where="config"):
 def run_trial(config):
     """The one Tune trainable for every family: dispatch to the family named in the trial config."""
     return load_family(config["family"]).train(config)
+
+
+def named_weights(source, where="config"):
+    """(family, NamedWeights) when a family publishes weights under the name `source`, else (None, None)."""
+    for name in FAMILIES:
+        named = load_family(name).named_weights(source, where)
+        if named is not None:
+            return name, named
+    return None, None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from detfuse.core.errors import UserError
 from detfuse.core.numbers import checked_number
+from detfuse.core.weights_source import FORMS, is_remote, parse_weights
 
 DEFAULTS = {
     "family": None,  # derived from the architecture when absent
@@ -17,7 +18,7 @@ DEFAULTS = {
     "max_epochs": 10.0,
     "eval_every": 1.0,
     "hparams": {},
-    "weights": None,
+    "weights": None,  # resolved: None or {source, sha256} (detfuse.core.weights_source)
     "seed": 0,
     "wandb": None,
     "verbose": False,
@@ -45,12 +46,8 @@ def resolve_trial_config(config, where):
     checked_number(config["seed"], f"{where}: 'seed'", integer=True)
     if not isinstance(config["dataset"], str):
         raise UserError(f"{where}: 'dataset' must be a path, s3:// URI or 'builtin', got {config['dataset']!r}")
-    weights = config["weights"]
-    if weights is not None:
-        if not isinstance(weights, str):
-            raise UserError(f"{where}: 'weights' must be a local path or s3:// URI, got {weights!r}")
-        if not weights.startswith("s3://") and not Path(weights).expanduser().exists():
-            raise UserError(f"{where}: 'weights' file {weights} does not exist")
+    weights = resolve_weights(config["weights"], family, config["architecture"], where)
+    config["weights"] = None if weights is None else weights.as_config()
     if not isinstance(config["hparams"], dict):
         raise UserError(f"{where}: 'hparams' must be a mapping of hyperparameter names to values")
     package = trainables.load_family(family)
@@ -60,6 +57,23 @@ def resolve_trial_config(config, where):
     config["resources"] = validate_resources(config["resources"], where)
     package.trial_workers(config["resources"], where)
     return config
+
+
+def resolve_weights(value, family, architecture, where):
+    """The `weights` setting checked without fetching anything: its shape, that a family's published name belongs
+    to this trial's family, and that a local path exists."""
+    import trainables
+
+    spec = parse_weights(value, where)
+    if spec is None:
+        return None
+    owner, named = trainables.named_weights(spec.source, where)
+    if owner not in (None, family):
+        raise UserError(f"{where}: weights {spec.source} is a {owner} checkpoint, but {architecture} is a {family} "
+                        f"model: name a {family} checkpoint, or train a {owner} architecture")
+    if named is None and not is_remote(spec.source) and not Path(spec.source).expanduser().exists():
+        raise UserError(f"{where}: weights {spec.source} does not exist; weights are {FORMS}")
+    return spec
 
 
 def validate_resources(value, where):

@@ -1,8 +1,10 @@
-"""The per-node cache for derived data (S3 downloads, YOLO views), shared by every process on the machine.
+"""The per-node cache for derived data (S3 downloads, YOLO views, pretrained weights), shared by every process on
+the machine.
 
-Entries are directories named by a content hash and built at most once: concurrent builders (several Tune trials
-starting together) serialise on a file lock, build into a private temporary directory and publish it with one
-atomic rename, so a reader never sees a half-built entry.
+Entries are built at most once: concurrent builders (several Tune trials starting together) serialise on a file
+lock, build privately and publish with one atomic rename, so a reader never sees a half-built entry. Directory
+entries (`build_once`) are named by a content hash and built in a temporary directory; file entries (`file_once`)
+are written to `<entry>.part`, which outlives a failed attempt so the next one can continue it (a resumed download).
 """
 
 import os
@@ -39,4 +41,23 @@ def build_once(entry: Path, build) -> Path:
         except BaseException:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise
+    return entry
+
+
+def file_once(entry: Path, write) -> Path:
+    """Return the file `entry`, first calling `write(part)` to fill it if it does not exist yet.
+
+    `write` writes (or continues) the file `part` (`<entry>.part`); it is renamed to `entry` only when `write`
+    returns. A `part` left by a failed attempt stays for the next one: `write` decides whether to continue it.
+    A file placed at `entry` by hand (a pre-seeded cache) counts as built.
+    """
+    if entry.is_file():
+        return entry
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry) + ".lock"):
+        if entry.is_file():  # another process wrote it while we waited for the lock
+            return entry
+        part = entry.with_name(entry.name + ".part")
+        write(part)
+        os.rename(part, entry)
     return entry

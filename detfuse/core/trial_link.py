@@ -56,6 +56,18 @@ def in_tune_trial():
         return ray.tune.get_context().get_trial_id() is not None
 
 
+def trial_label():
+    """How messages name this trial: Tune's trial name, or the local run's directory under `detfuse train`."""
+    if _local_run is not None:
+        return f"trial in {_local_run.run_dir}"
+    import ray.tune
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        name = ray.tune.get_context().get_trial_name()
+    return "this trial" if name is None else f"trial {name}"
+
+
 @contextlib.contextmanager
 def resume_checkpoint():
     """Yield the directory of the checkpoint this trial should resume from, or None for a fresh start."""

@@ -12,6 +12,12 @@ def _data_check(args):
     return run_check(args.dataset, policy=args.policy)
 
 
+def _weights_fetch(args):
+    from detfuse.stages.weights_fetch import run_weights_fetch
+
+    return run_weights_fetch(args.names, args.to, args.sha256 or (), _s3_settings(args))
+
+
 def _train(args):
     from detfuse.stages.local_trial import run_train
 
@@ -141,6 +147,18 @@ def build_parser():
         "--policy", choices=["error", "clip", "drop"], default="error",
         help="what to do with bad boxes/annotations: report them (default), clip boxes into the image, or drop them",
     )
+
+    weights = commands.add_parser("weights", help="stage pretrained weights for clusters without internet access")
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    fetch = _command(weights_commands, "fetch", "download pretrained weights once, verify them and copy them to a "
+                     "directory or S3; prints the `weights:` lines to use", _weights_fetch)
+    fetch.add_argument("names", nargs="+", metavar="NAME",
+                       help="http(s):// URL, detectron2:// model-zoo name, Ultralytics release name (yolov5su.pt), "
+                            "s3:// URI or file")
+    fetch.add_argument("--to", required=True, metavar="DIR_OR_S3", help="a directory or s3://BUCKET/PREFIX")
+    fetch.add_argument("--sha256", action="append", metavar="HEX",
+                       help="expected sha256 of each NAME, in order (repeat once per NAME)")
+    _s3_arguments(fetch, uploads=True)
 
     train = _command(commands, "train", "run one trial of either family outside Tune (for debugging)", _train)
     train.add_argument("config", help="trial config YAML (architecture, dataset, max_epochs, hparams, ...)")

@@ -6,6 +6,7 @@ does not import detectron2, which `train` and `load_predictor` load on first use
 
 from trainables.detectron2.adapters import ARCHITECTURES
 from trainables.detectron2.resources import trial_workers
+from trainables.detectron2.model_zoo import named_weights
 
 
 def train(config):
@@ -27,4 +28,4 @@ def load_predictor(checkpoint_dir, device="cpu"):
     return load(checkpoint_dir, device)
 
 
-__all__ = ["ARCHITECTURES", "trial_workers", "train", "load_predictor"]
+__all__ = ["ARCHITECTURES", "named_weights", "trial_workers", "train", "load_predictor"]

@@ -166,7 +166,7 @@ class Adapter(abc.ABC):
         norm = h["norm"]
         max_size = math.ceil(h["image_size"] * MAX_SIZE_RATIO)
         values = {
-            "MODEL.WEIGHTS": "",  # weights come only from the trial's local path or S3 URI, never downloaded
+            "MODEL.WEIGHTS": "",  # detfuse loads the trial's `weights` itself (trainer.py), never detectron2
             "MODEL.MASK_ON": False,
             self.num_classes_key: num_classes,
             "MODEL.RESNETS.DEPTH": h["depth"],

@@ -17,8 +17,9 @@ from detfuse.core import trial_link
 from detfuse.core.errors import UserError
 
 
-def train_distributed(config, num_workers, use_gpu, checkpoint_dir=None):
-    """Train `config` with DDP over `num_workers` workers (one GPU each when `use_gpu`, gloo on CPUs)."""
+def train_distributed(config, num_workers, use_gpu, checkpoint_dir=None, trial="this trial"):
+    """Train `config` with DDP over `num_workers` workers (one GPU each when `use_gpu`, gloo on CPUs); `trial`
+    names the trial in the workers' messages."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -31,7 +32,7 @@ def train_distributed(config, num_workers, use_gpu, checkpoint_dir=None):
         trainer = TorchTrainer(
             _train_worker,
             # the checkpoint ref sits in a list so Ray hands it over unresolved; workers fetch it themselves
-            train_loop_config={"config": config, "reports": reports, "resume": [resume]},
+            train_loop_config={"config": config, "reports": reports, "resume": [resume], "trial": trial},
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": cpus_per_worker, "GPU": 1 if use_gpu else 0}),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -83,7 +84,8 @@ def _train_worker(loop_config):
     set_up_local_process_group(ray.train.get_context().get_node_rank())
     resume = loop_config["resume"][0]
     with _checkpoint_copy(None if resume is None else ray.get(resume)) as checkpoint_dir:
-        worker.run_worker(loop_config["config"], checkpoint_dir, QueueReport(loop_config["reports"]), device)
+        worker.run_worker(loop_config["config"], checkpoint_dir, QueueReport(loop_config["reports"]), device,
+                          trial=loop_config["trial"])
 
 
 def set_up_local_process_group(node_rank):

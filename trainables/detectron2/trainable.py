@@ -27,9 +27,11 @@ def train(config):
         if workers > 1:
             from trainables.detectron2 import ddp
 
-            ddp.train_distributed(config, workers, use_gpu=True, checkpoint_dir=checkpoint_dir)
+            ddp.train_distributed(config, workers, use_gpu=True, checkpoint_dir=checkpoint_dir,
+                                  trial=trial_link.trial_label())
         else:
             from trainables.detectron2.worker import run_worker
 
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            run_worker(config, checkpoint_dir, trial_link.report, device, progress=sys.stderr.isatty())
+            run_worker(config, checkpoint_dir, trial_link.report, device, progress=sys.stderr.isatty(),
+                       trial=trial_link.trial_label())

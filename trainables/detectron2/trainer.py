@@ -272,11 +272,36 @@ def _this_workers_state(training):
     return training["workers"][comm.get_rank()]
 
 
-def _load_weights(model, path):
-    """ImageNet backbone or detection weights, in detectron2's .pkl or .pth formats (shape mismatches, such as
-    another class count, are skipped with a warning by detectron2's checkpointer)."""
+def _load_weights(model, weights):
+    """Initialise `model` from `weights` (detfuse.core.weights_source.LocalWeights): a detectron2 model-zoo .pkl,
+    a Caffe2/ImageNet backbone .pkl or a .pth state dict, through detectron2's checkpointer, which skips tensors
+    whose shape differs (another class count). Says on stderr, naming the trial, what did not load."""
+    checkpointer = DetectionCheckpointer(model)
     try:
-        DetectionCheckpointer(model).load(str(path))
+        checkpoint = checkpointer._load_file(str(weights.path))  # the format-aware halves of checkpointer.load()
+        incompatible = checkpointer._load_model(checkpoint)
     except Exception as error:  # a corrupt or foreign file: say which one, not where in torch it broke
-        raise UserError(f"weights {path}: cannot load into a detectron2 model ({type(error).__name__}: "
-                        f"{error}). Use a detectron2 .pkl/.pth checkpoint or ImageNet backbone") from error
+        raise UserError(f"{weights.label}: not a detectron2 checkpoint ({type(error).__name__}: {error}); use a "
+                        "detectron2 model-zoo .pkl, a detectron2 .pth or an ImageNet backbone .pkl") from None
+    print(describe_load(weights.label, model.state_dict(), incompatible), file=sys.stderr, flush=True)
+
+
+def describe_load(label, model_state, incompatible):
+    """What loading into `model_state` kept (fvcore's _IncompatibleKeys); a UserError when nothing matched."""
+    missing = set(incompatible.missing_keys)
+    loaded = len([key for key in model_state if key not in missing])
+    if loaded == 0:
+        raise UserError(f"{label}: none of its tensors fit this detectron2 model (another family's checkpoint, or "
+                        "another architecture): name a checkpoint of this architecture or its backbone")
+    lines = [f"{label}: loaded {loaded} of {len(model_state)} tensors"]
+    reshaped = incompatible.incorrect_shapes
+    if any("cls_score" in key for key, _, _ in reshaped):
+        lines.append("the classification head was re-initialised: the checkpoint was trained for another number "
+                     "of classes")
+    if reshaped:
+        lines.append("re-initialised (shape differs): " + ", ".join(
+            f"{key} {tuple(theirs)} -> {tuple(ours)}" for key, theirs, ours in reshaped))
+    fresh = sorted(missing - {key for key, _, _ in reshaped})
+    if fresh:
+        lines.append(f"not in the checkpoint, trained from scratch: {len(fresh)} tensors (e.g. {', '.join(fresh[:3])})")
+    return "; ".join(lines)

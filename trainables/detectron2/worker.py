@@ -1,14 +1,16 @@
 """One process's share of a detectron2 trial: the whole trial, or one DDP worker (ddp.py), from a resolved config."""
 
 from detfuse.core.errors import UserError
-from detfuse.core.storage.s3 import local_path
+from detfuse.core.weights_source import local_weights
 from trainables.detectron2 import logs
 from trainables.detectron2.adapters import ARCHITECTURES, Schedule
+from trainables.detectron2.model_zoo import named_weights
 from trainables.detectron2.resources import trial_workers
 
 
-def run_worker(config, checkpoint_dir, report, device, progress=False):
-    """Train in this process (one DDP worker, or the whole trial); `report` gets rank 0's evaluations."""
+def run_worker(config, checkpoint_dir, report, device, progress=False, trial="this trial"):
+    """Train in this process (one DDP worker, or the whole trial); `report` gets rank 0's evaluations; `trial`
+    names the trial in messages."""
     from detectron2.utils import comm
 
     logs.configure(config["verbose"], comm.get_rank())  # before the imports that warn
@@ -48,7 +50,8 @@ def run_worker(config, checkpoint_dir, report, device, progress=False):
                         "training": checkpoints.read_training_state(checkpoint_dir)}
     else:
         seed_all_rng(config["seed"] + comm.get_rank())
-        weights = None if config["weights"] is None else str(local_path(config["weights"]))
+        if config["weights"] is not None:
+            weights = local_weights(config["weights"], named_weights, trial)
     trainer = Trainer(cfg, data, report, resume_state=resume_state, weights=weights,
                       verbose=config["verbose"], progress=progress)
     trainer.train()

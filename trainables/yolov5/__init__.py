@@ -6,6 +6,7 @@ Importing the package loads only the adapters (no ultralytics): search spaces va
 
 from trainables.yolov5.adapter import ARCHITECTURES
 from trainables.yolov5.resources import trial_workers
+from trainables.yolov5.releases import named_weights
 
 
 def train(config):
@@ -20,4 +21,4 @@ def load_predictor(checkpoint_dir, device="cpu"):
     return load(checkpoint_dir, device)
 
 
-__all__ = ["ARCHITECTURES", "trial_workers", "train", "load_predictor"]
+__all__ = ["ARCHITECTURES", "named_weights", "trial_workers", "train", "load_predictor"]

@@ -16,7 +16,10 @@ import torch
 from detfuse.core import trial_link
 from detfuse.core.errors import UserError
 from trainables.yolov5 import checkpoint, environment
+from detfuse.core.weights_source import local_weights
 from trainables.yolov5.adapter import ARCHITECTURES
+from trainables.yolov5.releases import named_weights
+from trainables.yolov5.transfer import InitialWeights
 
 _MAX_LOADER_WORKERS = 8
 
@@ -48,7 +51,8 @@ def build_trainer(config, work_dir, resume_state=None):
     plan = TrialPlan(
         architecture=adapter.architecture, hparams=hparams, dataset=dataset,
         eval_interval=max(1, math.ceil(config["eval_every"])), checkpoint_dir=work_dir / "checkpoint",
-        initial_weights=_initial_weights(config["weights"]), resume_state=resume_state,
+        initial_weights=None if resume_state is not None else _initial_weights(config["weights"]),
+        resume_state=resume_state,
         progress_bar=not config["verbose"],
     )
     cuda = torch.cuda.is_available()
@@ -77,27 +81,28 @@ def _loader_workers():
     return max(1, min(_MAX_LOADER_WORKERS, int(cpus)))
 
 
-def _initial_weights(source):
-    """The model to initialise from: an Ultralytics .pt file or a detfuse yolov5 checkpoint directory."""
-    if source is None:
+def _initial_weights(setting):
+    """The model to initialise from (an Ultralytics .pt file or a detfuse yolov5 checkpoint directory), with the
+    label naming the trial and the source; None without weights."""
+    if setting is None:
         return None
-    from detfuse.core.storage.s3 import local_path
     from trainables.yolov5.predictor import build_model
 
-    path = local_path(source)
+    weights = local_weights(setting, named_weights, trial_link.trial_label())
+    path = weights.path
     if path.is_dir():
         meta = checkpoint.read_meta(path)
         model = build_model(meta["architecture"], len(meta["class_names"]))
         model.load_state_dict(checkpoint.read_weights(path))
-        return model
+        return InitialWeights(model, weights.label)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)  # Ultralytics pickles its modules
     except Exception as error:
-        raise UserError(f"weights {source}: not a readable PyTorch file ({error})") from None
+        raise UserError(f"{weights.label}: not a readable PyTorch file ({error})") from None
     model = None
     if isinstance(saved, dict):
         model = saved["ema"] if saved.get("ema") is not None else saved.get("model")
     if not isinstance(model, torch.nn.Module):
-        raise UserError(f"weights {source}: not an Ultralytics checkpoint (a dict with a 'model' or 'ema' module) "
+        raise UserError(f"{weights.label}: not an Ultralytics checkpoint (a dict with a 'model' or 'ema' module) "
                         "nor a detfuse yolov5 checkpoint directory")
-    return model.float()
+    return InitialWeights(model.float(), weights.label)

@@ -15,6 +15,7 @@ What changes against a plain Ultralytics run, and why:
 
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from detfuse.core.rng_state import restore_rng_state, rng_state  # noqa: E402
 from trainables.yolov5 import checkpoint  # noqa: E402
 from trainables.yolov5.predictor import YoloPredictor  # noqa: E402
 from trainables.yolov5.sampler import RepeatFactorSampler, repeat_factors  # noqa: E402
+from trainables.yolov5.transfer import InitialWeights, describe_transfer  # noqa: E402
 
 
 @dataclass
@@ -49,7 +51,7 @@ class TrialPlan:
     dataset: object  # detfuse.core.data Dataset: class names, COCO ids, the val split the evaluator scores
     eval_interval: int  # evaluate and report every this many epochs, and after the last
     checkpoint_dir: Path  # where a checkpoint is written before it is reported
-    initial_weights: torch.nn.Module | None = None  # a model whose matching weights initialise training
+    initial_weights: InitialWeights | None = None  # a model whose matching weights initialise training
     resume_state: dict | None = None  # trainer_state.pt contents plus "ema" (weights.pt) to continue from
     progress_bar: bool = True  # one bar over the whole trial (when Ultralytics' own bars are off)
 
@@ -70,7 +72,11 @@ class YoloTrialTrainer(DetectionTrainer):
             self.add_callback("on_train_batch_end", YoloTrialTrainer._advance_progress_bar)
             self.add_callback("teardown", YoloTrialTrainer._close_progress_bar)
         self.progress = None
-        self.model = self.get_model(cfg=self.args.model, weights=plan.initial_weights, verbose=False)
+        initial = plan.initial_weights
+        self.model = self.get_model(cfg=self.args.model, weights=None if initial is None else initial.model,
+                                    verbose=False)
+        if initial is not None:
+            print(describe_transfer(initial, self.model), file=sys.stderr, flush=True)
         self.sampler = None
         self.evaluated = False  # whether this epoch was evaluated (and so gets a checkpoint)
         self.report_metrics = None

@@ -1,0 +1,28 @@
+"""Ultralytics release files by name: `yolov5su.pt` is the file of that name in the ultralytics/assets GitHub
+release that the pinned ultralytics (8.4.190) downloads its own assets from, as its `attempt_download_asset`
+resolves it. Legacy YOLOv5 names mean their YOLOv5u files (yolov5s.pt -> yolov5su.pt), as in Ultralytics: the
+family builds YOLOv5u models. A local file of that name wins, as in Ultralytics.
+
+$DETFUSE_ULTRALYTICS_ASSETS_URL replaces the release's base URL (tag included), for a mirror inside an
+air-gapped network; the cache path stays ultralytics/<file>. Importing this module does not import ultralytics.
+"""
+
+import os
+import re
+from pathlib import Path
+
+from detfuse.core.weights_source import NamedWeights
+
+ASSETS_URL = "https://github.com/ultralytics/assets/releases/download/v8.4.0/"
+ASSETS_URL_VARIABLE = "DETFUSE_ULTRALYTICS_ASSETS_URL"
+RELEASE_NAME = re.compile(r"yolov5([nsmlx])u?\.pt")
+
+
+def named_weights(source, where):
+    """The release file `source` names, or None when it is not a YOLOv5u release name (or is a local file)."""
+    match = RELEASE_NAME.fullmatch(source)
+    if match is None or Path(source).exists():
+        return None
+    name = f"yolov5{match.group(1)}u.pt"
+    base = os.environ.get(ASSETS_URL_VARIABLE) or ASSETS_URL
+    return NamedWeights(url=base.rstrip("/") + "/" + name, cache_key=f"ultralytics/{name}")
