@@ -77,15 +77,24 @@ class YoloPredictor:
     def predict(self, image_paths, flip=False):
         """One list of `Detection`s per image path, in the order given. `flip`: predict each image mirrored
         left-right, boxes mapped back onto the image as it is."""
-        loader = torch.utils.data.DataLoader(
+        return self.predict_batches(self.letterboxed_batches(image_paths, flip), flip)
+
+    def letterboxed_batches(self, image_paths, flip=False):
+        """The (uint8 images, original shapes) batches `predict` feeds the model, decoded by `workers` processes.
+        A list of them can be predicted again and again (`predict_batches`): a trial scores the same val
+        images every epoch, and decoding them each time costs it as much as the model does."""
+        return torch.utils.data.DataLoader(
             _LetterboxedImages(image_paths, self.image_size, flip), batch_size=self.batch_size,
             num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
         )
+
+    def predict_batches(self, batches, flip=False):
+        """`predict` of batches from `letterboxed_batches` (made with the same `flip`)."""
         results = []
         self.model.eval()
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16,
                                              enabled=self.device.type == "cuda"):
-            for images, shapes in loader:
+            for images, shapes in batches:
                 images = images.to(self.device, non_blocking=True).float() / 255
                 outputs = select_detections(self.model(images), self.confidence, self.iou, self.max_detections)
                 for output, shape in zip(outputs, shapes):

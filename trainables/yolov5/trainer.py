@@ -42,6 +42,9 @@ from trainables.yolov5.sampler import RepeatFactorSampler, repeat_factors  # noq
 from trainables.yolov5.transfer import InitialWeights, describe_transfer  # noqa: E402
 
 
+VAL_CACHE_BYTES = 1 << 30  # letterboxed val images a trial keeps in memory between evaluations, at most
+
+
 @dataclass
 class TrialPlan:
     """What one trial trains and how it reports; decided by `trainable.train()` from the trial config."""
@@ -81,6 +84,7 @@ class YoloTrialTrainer(DetectionTrainer):
         self.evaluated = False  # whether this epoch was evaluated (and so gets a checkpoint)
         self.report_metrics = None
         self.epoch_started = self.epoch_seconds = None
+        self.val_batches = None  # the val split letterboxed once, when it fits VAL_CACHE_BYTES
 
     def get_dataset(self):
         """The YOLO view's data.yaml, read as is (Ultralytics' check_det_dataset also fetches a font)."""
@@ -157,12 +161,19 @@ class YoloTrialTrainer(DetectionTrainer):
         return evaluation.as_metrics(), evaluation.mAP50_95
 
     def evaluate(self, model):
-        """`detfuse.core.evaluation` of `model`'s predictions on the dataset's val split."""
+        """`detfuse.core.evaluation` of `model`'s predictions on the dataset's val split. The split is decoded and
+        letterboxed once and kept in memory when it fits VAL_CACHE_BYTES: the same tensors `predict` would build,
+        so a checkpoint still re-scores to the number reported here."""
         split = self.plan.dataset.splits["val"]
         images = split.coco["images"]
         predictor = YoloPredictor(model, self.args.imgsz, self.plan.dataset.category_ids, self.device,
                                   batch_size=self.batch_size * 2, workers=self.args.workers)
-        detections = predictor.predict([split.image_path(image) for image in images])
+        batches = self.val_batches
+        if batches is None:
+            batches = predictor.letterboxed_batches([split.image_path(image) for image in images])
+            if len(images) * 3 * self.args.imgsz ** 2 <= VAL_CACHE_BYTES:
+                batches = self.val_batches = list(batches)
+        detections = predictor.predict_batches(batches)
         predictions = [Prediction(image["id"], *detection)
                        for image, found in zip(images, detections) for detection in found]
         return evaluate(split.coco, predictions)
