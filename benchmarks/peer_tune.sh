@@ -19,7 +19,7 @@ export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)
-card="${card:-no GPU}, $(nproc) CPUs, $(python3 -c 'import torch, ultralytics, ray; print(f"torch {torch.__version__}, Ultralytics {ultralytics.__version__}, Ray {ray.__version__}")')"
+card="${card:-no GPU}, $(nproc) CPUs, $(python3 -c 'import torch, ultralytics, ray; print(f"torch {torch.__version__}, Ultralytics {ultralytics.__version__}, Ray {ray.__version__}")' | tail -n 1)"
 python3 - "$OUT/settings.json" "$DATA" "$card" "$IMAGE_SIZE" "$BATCH" <<'PY'
 import json, sys
 path, data, card, image_size, batch = sys.argv[1:]
