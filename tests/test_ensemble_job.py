@@ -171,6 +171,13 @@ def test_ensemble_of_both_families(experiment, capsys):
     assert best["mAP50"]["val/cross-fitted"] == pytest.approx(
         sum(f["mAP50"][f["report"]] for f in best["folds"]) / 2)
 
+    # what each family brings alone, and per class (the rare classes decide), as the ensembles are scored
+    assert set(summary["best_per_family"]) == FAMILIES
+    for family, entry in summary["best_per_family"].items():
+        assert {m["trial_id"]: m["family"] for m in summary["members"]}[entry["trial_id"]] == family
+        assert set(entry["per_class_AP50"]["val/cross-fitted"]) <= set(dataset.class_names)
+    assert set(best["per_class_AP50"]["val/cross-fitted"]) <= set(dataset.class_names)
+
     assert set(summary["family_ensembles"]) == FAMILIES
     for family, ensemble in summary["family_ensembles"].items():
         assert ensemble["families"] == [family] and set(ensemble["mAP50"]) == {"val", "val/cross-fitted"}
