@@ -69,7 +69,8 @@ def new_tuner(experiment, verbose):
     # ensemble and export run on their own learn the experiment's dataset and name from here; --resume its settings
     experiment_storage.write_text(experiment_storage.join(experiment.uri, "experiment.json"), json.dumps({
         "name": experiment.name, "dataset": experiment.dataset, "storage": experiment.storage,
-        "config_path": str(experiment.path), "run_settings": run_settings(experiment, verbose)}, indent=2))
+        "config_path": str(experiment.path), "run_settings": run_settings(experiment, verbose),
+        "spaces": [space_record(entry) for entry in experiment.entries]}, indent=2))
     run_config = tune.RunConfig(
         name=experiment.name,
         storage_path=experiment.storage,
@@ -90,6 +91,14 @@ def new_tuner(experiment, verbose):
         trial_dirname_creator=trial_name,
     )
     return tune.Tuner(trainable(), tune_config=tune_config, run_config=run_config)
+
+
+def space_record(entry):
+    """What `detfuse report` needs of a search space: which hyperparameters were searched, on what budget."""
+    space = entry.space
+    return {"space": space.name, "family": space.family, "architecture": space.architecture,
+            "searched": sorted(space.space), "max_epochs": space.max_epochs, "grace_epochs": space.grace_epochs,
+            "num_samples": entry.num_samples, "resources": entry.settings["resources"]}
 
 
 def run_settings(experiment, verbose):
