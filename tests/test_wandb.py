@@ -95,36 +95,35 @@ def wandb_dir(d2_cache, tmp_path_factory):  # noqa: F811  (Ray's workers inherit
             ray.shutdown()
 
 
-@pytest.mark.slow
 def test_one_offline_wandb_run_per_trial_of_both_families_ddp_included(wandb_dir, tiny_dataset, tmp_path):  # noqa: F811
     experiment = load_experiment(ROOT / "configs" / "demo.yaml", ["name=wandb-both", "wandb=true"])
-    callbacks = wandb_callbacks(experiment)
     trials = {  # Tune experiment -> (trainable, trial config): 2 epochs each, evaluated after each
         "detectron2": (trainables.run_trial, detectron2_config("faster_rcnn", tiny_dataset, max_epochs=2.0)),
         "detectron2-ddp": (ddp_trial, detectron2_config("faster_rcnn", tiny_dataset, max_epochs=2.0)),
         "yolov5": (trainables.run_trial, {**yolo_config(2.0), "dataset": str(tiny_dataset)}),
     }
-    trial_names = {}
+    trial_ids = {}
     for name, (trainable, config) in trials.items():
         tuner = tune.Tuner(tune.with_resources(trainable, {"CPU": 1}), param_space=config,
-                           run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), callbacks=callbacks))
+                           run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0,
+                                                     callbacks=wandb_callbacks(experiment)))
         [result] = tuner.fit()
         assert result.error is None, result.error
-        trial_names[name] = result.path.rstrip("/").rsplit("/", 1)[-1]
+        trial_ids[name] = result.metrics["trial_id"]
 
     runs = [read_run(path) for path in sorted(wandb_dir.glob("**/offline-run-*"))]
     # exactly one run per trial: none from DDP's other rank, none from Ultralytics' own callback
     assert len(runs) == 3, [run["name"] for run in runs]
     assert {run["group"] for run in runs} == {"wandb-both"}
-    by_trial = {run["name"]: run for run in runs}
-    assert set(by_trial) == set(trial_names.values())
+    by_trial = {run["name"].rsplit("_", 2)[-2] + "_" + run["name"].rsplit("_", 1)[-1]: run for run in runs}
+    assert set(by_trial) == set(trial_ids.values())  # a run is named after its trial: <trainable>_<trial id>
     for name, (_, config) in trials.items():
-        run = by_trial[trial_names[name]]
+        run = by_trial[trial_ids[name]]
         assert run["config"]["family"] == config["family"] and run["config"]["architecture"] == config["architecture"]
         assert run["config"]["hparams"]["lr"] == config["hparams"]["lr"]
         epochs = [(step["epoch"], step["mAP50"]) for step in run["history"] if "mAP50" in step]
         assert [epoch for epoch, _ in epochs] == [1.0, 2.0], name
         assert all(0.0 <= value <= 1.0 for _, value in epochs)
         assert all("mAP50_95" in step for step in run["history"] if "mAP50" in step)
-    ddp_steps = [step for step in by_trial[trial_names["detectron2-ddp"]]["history"] if "mAP50" in step]
+    ddp_steps = [step for step in by_trial[trial_ids["detectron2-ddp"]]["history"] if "mAP50" in step]
     assert {step["workers"] for step in ddp_steps} == {2}  # it did train on two workers

@@ -142,6 +142,13 @@ def wandb_callbacks(experiment):
                                 dir=settings["dir"], excludes=["hparams"], log_config=True)]
 
 
+def print_dashboard(url):
+    """Where to watch the search live: the Ray dashboard of the cluster the job joined or started."""
+    if url:
+        print(f"Ray dashboard: {url} (on a cluster launched with cluster.yaml: run `ray dashboard cluster.yaml` "
+              f"and open http://localhost:8265)", flush=True)
+
+
 def print_notices(experiment):
     """What loading changed in the config as written (e.g. a grace period lowered to a smaller budget)."""
     for notice in experiment.notices:
@@ -178,7 +185,7 @@ def tune_experiment(experiment, resume=False, verbose=False):
     load_dataset(experiment.dataset)  # every dataset problem is reported before any trial starts
     if resume:
         check_resume_settings(experiment, verbose)
-    connect(verbose)
+    print_dashboard(connect(verbose))
     check_resources_fit(experiment)
     if resume:
         if not tune.Tuner.can_restore(experiment.uri):
