@@ -12,7 +12,8 @@ STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
 .meta { color: #555; } img.chart { max-width: 100%; border: 1px solid #eee; }
-table { border-collapse: collapse; font-size: 0.85em; } td, th { border: 1px solid #ddd; padding: 3px 6px; }
+table { border-collapse: collapse; font-size: 0.85em; }
+td, th { border: 1px solid #ddd; padding: 3px 6px; vertical-align: top; }
 th { background: #f4f4f4; } td.num { text-align: right; } .note { color: #a15c00; }
 .stat { display: inline-block; margin: 0.3em 1.5em 0.3em 0; } .stat b { font-size: 1.2em; }
 code { background: #f4f4f4; padding: 1px 4px; }
@@ -66,6 +67,12 @@ def _hparam_value(value):
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def _all_hparams(hparams):
+    """Every hyperparameter of a trial, folded: the searched ones have their own column."""
+    listed = "<br>".join(f"{_e(name)}={_e(_hparam_value(value))}" for name, value in sorted(hparams.items()))
+    return f"<details><summary>{len(hparams)}</summary>{listed}</details>"
+
+
 def _stats(records):
     trials = records.trials
     per_family = ", ".join(f"{sum(t.family == f for t in trials)} {f}" for f in records.families)
@@ -94,7 +101,7 @@ def _stats(records):
 def _leaderboard(records):
     header = ("<tr><th>#</th><th>trial</th><th>family</th><th>architecture</th><th>best mAP50</th><th>at epoch</th>"
               "<th>epochs / budget</th><th>stopped by ASHA</th><th>minutes</th><th>searched hyperparameters</th>"
-              "<th>error</th></tr>")
+              "<th>all hyperparameters</th><th>error</th></tr>")
     rows = []
     for rank, t in enumerate(records.trials, 1):
         searched = ", ".join(f"{name}={_hparam_value(t.hparams.get(name))}"
@@ -104,7 +111,8 @@ def _leaderboard(records):
             f"<td>{_e(t.architecture)}</td><td class=num>{_number(t.best_mAP50)}</td>"
             f"<td class=num>{_number(t.best_epoch, 2)}</td>"
             f"<td class=num>{t.epochs_trained:g} / {t.max_epochs:g}</td><td>{'yes' if t.stopped_early else 'no'}</td>"
-            f"<td class=num>{t.seconds / 60:.1f}</td><td>{_e(searched)}</td><td>{_e(t.error or '')}</td></tr>")
+            f"<td class=num>{t.seconds / 60:.1f}</td><td>{_e(searched)}</td><td>{_all_hparams(t.hparams)}</td>"
+            f"<td>{_e(t.error or '')}</td></tr>")
     return f"<table>{header}{''.join(rows)}</table>"
 
 
