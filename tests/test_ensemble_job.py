@@ -434,5 +434,7 @@ def test_report_of_the_tiny_run_renders_every_chart_in_a_browser(experiment, chr
         assert f"<td>{row['trial_id']}</td><td>{row['family']}</td>" in shown.dom
     assert f"best single model, {label}: <b>{summary['best_single']['mAP50'][label]:.4f}</b>" in shown.dom
     assert f"cross-family ensemble gain: <b>{summary['gains']['cross_family_over_best_single']:+.4f}</b>" in shown.dom
+    # the hyperparameters each space searched, as experiment.json records them (the demo's spaces)
+    assert ", optimizer=" in shown.dom and ", weight_decay=" in shown.dom
     shot = screenshot(chromium, page, tmp_path / "profile", tmp_path / "report.png")
     print(f"screenshot of the report: {shot}")
