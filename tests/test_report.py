@@ -10,9 +10,11 @@ from headless_browser import render, screenshot
 from detfuse.stages.cli import main
 from detfuse.stages.report import read_records, write_report
 
-SPACES = [{"space": "faster_rcnn", "family": "detectron2", "architecture": "faster_rcnn", "searched": ["lr"],
+LR = {"range": [0.001, 0.1], "log": True}
+SPACES = [{"space": "faster_rcnn", "family": "detectron2", "architecture": "faster_rcnn", "searched": {"lr": LR},
            "max_epochs": 4.0, "grace_epochs": 1.0, "num_samples": 1, "resources": {"cpu": 4, "gpu": 1}},
-          {"space": "yolov5n", "family": "yolov5", "architecture": "yolov5n", "searched": ["lr", "optimizer"],
+          {"space": "yolov5n", "family": "yolov5", "architecture": "yolov5n",
+           "searched": {"lr": LR, "optimizer": {"choice": ["sgd", "adamw", "adam"]}},
            "max_epochs": 4.0, "grace_epochs": 1.0, "num_samples": 2, "resources": {"cpu": 2, "gpu": 0.5}}]
 
 
@@ -56,7 +58,8 @@ def test_what_asha_saved_is_the_rest_of_each_stopped_trials_budget_at_its_own_pa
     spent, saved = records.hours("gpu")
     assert spent == pytest.approx((400 * 1 + 200 * 0.5 + 100 * 0.5) / 3600)
     assert saved == pytest.approx(300 * 0.5 / 3600)
-    assert records.searched == {"faster_rcnn": ["lr"], "yolov5n": ["lr", "optimizer"]}
+    assert records.searched == {"faster_rcnn": {"lr": LR},
+                                "yolov5n": {"lr": LR, "optimizer": {"choice": ["sgd", "adamw", "adam"]}}}
     assert records.trials[2].curve == [(1.0, 0.01)]
 
 

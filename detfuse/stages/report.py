@@ -58,7 +58,7 @@ class ExperimentRecords:
     uri: str
     name: str
     trials: list  # TrialRecord, best mAP50 first (leaderboard order)
-    searched: dict  # architecture -> [hyperparameter names searched]
+    searched: dict  # architecture -> {hyperparameter searched: its domain record or None} (see _searched)
     summary: dict | None  # ensemble/summary.json, None before the ensemble stage
     stage_seconds: dict  # pipeline stage -> wall seconds, for the stages that recorded them
 
@@ -102,20 +102,22 @@ def _resources(trial_dir):
 
 
 def _searched(experiment_json, trials):
-    """Architecture -> the hyperparameters its space searched: as experiment.json records them, else (older
-    experiments) those whose values differ between the architecture's trials."""
+    """Architecture -> {hyperparameter its space searched: what it was searched over ({"choice": [...]} or
+    {"range": [low, high], "log": bool}), or None when unknown}: as experiment.json records them, else (older
+    experiments) the hyperparameters whose values differ between the architecture's trials."""
     spaces = (experiment_json or {}).get("spaces")
     if spaces:
         searched = {}
-        for space in spaces:
-            names = searched.setdefault(space["architecture"], [])
-            names += [name for name in space["searched"] if name not in names]
+        for space in spaces:  # two spaces of one architecture: the first's record of a name is kept
+            domains = searched.setdefault(space["architecture"], {})
+            for name, domain in sorted(space["searched"].items()):
+                domains.setdefault(name, domain)
         return searched
     searched = {}
     for architecture in dict.fromkeys(t.architecture for t in trials):
         rows = [t.hparams for t in trials if t.architecture == architecture]
-        searched[architecture] = sorted(name for name in rows[0]
-                                        if len({repr(r.get(name)) for r in rows}) > 1)
+        searched[architecture] = {name: None for name in sorted(rows[0])
+                                  if len({repr(r.get(name)) for r in rows}) > 1}
     return searched
 
 

@@ -67,10 +67,36 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _label(value):
+    return value if isinstance(value, str) else repr(value)
+
+
+def _place(axes, values, domain):
+    """The x positions of `values` of one hyperparameter on `axes`, its axis set up for what it was searched over:
+    every choice at an even position (the untried ones too), a range in full (log-scaled when sampled so)."""
+    if (domain is not None and "choice" in domain) or not all(_is_number(v) for v in values):
+        categories = [_label(v) for v in (domain or {}).get("choice", [])]
+        categories += [label for label in dict.fromkeys(map(_label, values)) if label not in categories]
+        axes.set_xticks(range(len(categories)), categories, fontsize=8)
+        axes.set_xlim(-0.5, len(categories) - 0.5)
+        return [categories.index(_label(v)) for v in values]
+    if domain is not None:
+        low, high = domain["range"]
+        if domain["log"]:
+            axes.set_xscale("log")
+            axes.set_xlim(low / 1.2, high * 1.2)
+        else:
+            margin = (high - low) * 0.05
+            axes.set_xlim(low - margin, high + margin)
+    elif values and min(values) > 0 and max(values) / min(values) > 20:
+        axes.set_xscale("log")
+    return values
+
+
 def hyperparameters(records):
     """Best mAP50 of each trial against each hyperparameter its architecture searched: one small scatter per
     (architecture, hyperparameter); hollow markers for trials ASHA stopped. None when nothing was searched."""
-    rows = [(architecture, names) for architecture, names in records.searched.items() if names
+    rows = [(architecture, list(domains)) for architecture, domains in records.searched.items() if domains
             and any(t.architecture == architecture for t in records.trials)]
     if not rows:
         return None
@@ -86,16 +112,7 @@ def hyperparameters(records):
                 continue
             name = names[column]
             values = [t.hparams.get(name) for t in trials]
-            if all(_is_number(v) for v in values):
-                xs = values
-                positive = [v for v in values if v > 0]
-                if len(positive) == len(values) and values and max(values) / min(values) > 20:
-                    axes.set_xscale("log")
-            else:  # categories (optimizer names, booleans, lists) at even positions
-                categories = list(dict.fromkeys(repr(v) if not isinstance(v, str) else v for v in values))
-                xs = [categories.index(repr(v) if not isinstance(v, str) else v) for v in values]
-                axes.set_xticks(range(len(categories)), categories, fontsize=8)
-                axes.set_xlim(-0.5, len(categories) - 0.5)
+            xs = _place(axes, values, records.searched[architecture][name])
             for x, trial in zip(xs, trials):
                 colour = family_colour(trial.family, families)
                 axes.scatter([x], [trial.best_mAP50], s=40, edgecolors=colour,

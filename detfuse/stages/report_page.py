@@ -105,7 +105,7 @@ def _leaderboard(records):
     rows = []
     for rank, t in enumerate(records.trials, 1):
         searched = ", ".join(f"{name}={_hparam_value(t.hparams.get(name))}"
-                             for name in records.searched.get(t.architecture, []))
+                             for name in records.searched.get(t.architecture, {}))
         rows.append(
             f"<tr><td class=num>{rank}</td><td>{_e(t.trial_id)}</td><td>{_e(t.family)}</td>"
             f"<td>{_e(t.architecture)}</td><td class=num>{_number(t.best_mAP50)}</td>"

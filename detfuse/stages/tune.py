@@ -94,11 +94,22 @@ def new_tuner(experiment, verbose):
 
 
 def space_record(entry):
-    """What `detfuse report` needs of a search space: which hyperparameters were searched, on what budget."""
+    """What `detfuse report` needs of a search space: which hyperparameters were searched, over what values, on
+    what budget. Each searched name maps to {"choice": [values]} or {"range": [low, high], "log": bool}."""
     space = entry.space
     return {"space": space.name, "family": space.family, "architecture": space.architecture,
-            "searched": sorted(space.space), "max_epochs": space.max_epochs, "grace_epochs": space.grace_epochs,
+            "searched": {name: domain_record(space.space[name]) for name in sorted(space.space)},
+            "max_epochs": space.max_epochs, "grace_epochs": space.grace_epochs,
             "num_samples": entry.num_samples, "resources": entry.settings["resources"]}
+
+
+def domain_record(domain):
+    """A Tune distribution as JSON: its choices, or its range and whether it is sampled on a log scale."""
+    if isinstance(domain, tune.search.sample.Categorical):
+        return {"choice": list(domain.categories)}
+    sampler = domain.get_sampler()
+    sampler = getattr(sampler, "sampler", sampler)  # a quantized distribution wraps the one it rounds
+    return {"range": [domain.lower, domain.upper], "log": isinstance(sampler, tune.search.sample.LogUniform)}
 
 
 def run_settings(experiment, verbose):
