@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display; chosen before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 FAMILY_COLOURS = {"detectron2": "#1f77b4", "yolov5": "#ff7f0e"}
 OTHER_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2")
@@ -84,6 +85,7 @@ def _place(axes, values, domain):
         low, high = domain["range"]
         if domain["log"]:
             axes.set_xscale("log")
+            axes.xaxis.set_minor_formatter(NullFormatter())  # a range within a decade would label every tick
             axes.set_xlim(low / 1.2, high * 1.2)
         else:
             margin = (high - low) * 0.05
