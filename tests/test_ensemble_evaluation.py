@@ -80,6 +80,12 @@ def test_each_fold_is_scored_on_the_half_it_was_not_fitted_on(cross_fitted):
             image_ids=fold.report.image_ids).mAP50)
     reports = [fold["mAP50"][fold["report"]] for fold in entry["folds"]]
     assert entry["mAP50"][CROSS_FIT_LABEL] == pytest.approx(np.mean(reports))
+    # per-class AP50 as mAP50 is: each fold's ensemble on its report half, averaged over the folds
+    per_fold = [evaluate(coco, inputs.fuse(fitted[f.fit.label].params, fitted[f.fit.label].members,
+                                           f.report.image_ids), image_ids=f.report.image_ids).per_class_ap50
+                for f in evaluation.plan.folds]
+    assert entry["per_class_AP50"][CROSS_FIT_LABEL] == pytest.approx(
+        {name: np.mean([fold[name] for fold in per_fold]) for name in per_fold[0]})
     # the ensemble written is the one fitted on all of val; its own val number is in-sample
     assert entry["members"] == [names[m] for m in fitted["val"].members]
     assert entry["mAP50"]["val"] == fitted["val"].fit_mAP50
@@ -91,17 +97,29 @@ def test_each_fold_is_scored_on_the_half_it_was_not_fitted_on(cross_fitted):
 
 
 def test_best_single_is_chosen_on_each_fit_half_and_scored_on_the_other(cross_fitted):
-    evaluation = cross_fitted[3]
+    coco, predictions, evaluation = cross_fitted[0], cross_fitted[1], cross_fitted[3]
     # a wins val/A and b wins val/B, each by luck: chosen on one half, each scores badly on the other
     members = [{"trial_id": "a", "family": "x", "mAP50": {"val": 0.5, "val/A": 0.9, "val/B": 0.1}},
                {"trial_id": "b", "family": "y", "mAP50": {"val": 0.6, "val/A": 0.2, "val/B": 0.8}}]
+    # a knows classes 1 and 2, b classes 3 and 4
+    by_trial = {("a", "val"): predictions[0], ("b", "val"): predictions[2]}
 
-    best = evaluation.best_single(members)
+    best = evaluation.best_single(members, by_trial)
 
     assert [(f["fit"], f["trial_id"], f["mAP50"][f["report"]]) for f in best["folds"]] == [
         ("val/A", "a", 0.1), ("val/B", "b", 0.2)]
     assert best["mAP50"][CROSS_FIT_LABEL] == pytest.approx(0.15)
     assert (best["trial_id"], best["chosen_on"], best["mAP50"]["val"]) == ("b", "val", 0.6)
+    # per class, each fold's choice on its report half: a on val/B, b on val/A, averaged
+    folds = evaluation.plan.folds
+    on_b = evaluate(coco, predictions[0], image_ids=folds[0].report.image_ids).per_class_ap50
+    on_a = evaluate(coco, predictions[2], image_ids=folds[1].report.image_ids).per_class_ap50
+    assert best["per_class_AP50"][CROSS_FIT_LABEL] == pytest.approx(
+        {name: (on_b[name] + on_a[name]) / 2 for name in on_b})
+    # each family's best alone is its only member, scored on both halves
+    per_family = evaluation.best_per_family(members, by_trial)
+    assert {family: entry["trial_id"] for family, entry in per_family.items()} == {"x": "a", "y": "b"}
+    assert [f["trial_id"] for f in per_family["x"]["folds"]] == ["a", "a"]
 
 
 def test_gains_compare_numbers_of_the_same_folds(cross_fitted):

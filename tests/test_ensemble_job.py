@@ -5,6 +5,7 @@ The tune run alone takes one to three minutes on two cores, hence the slow marks
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import ray
 
 from detfuse.core.storage import experiment_storage
-from detfuse.stages.cli import build_parser
+from detfuse.stages.cli import build_parser, main
 from detfuse.core.data import load_dataset
 from detfuse.core.data.synthetic import generate
 from detfuse.stages.ensemble_evaluation import plan_evaluation
@@ -24,6 +25,7 @@ from detfuse.core.evaluation import Prediction, evaluate
 from detfuse.stages.experiment import load_experiment
 from detfuse.core.fusion import FusionInputs, FusionParams
 from detfuse.stages.member_predictions import DEFAULT_TTA, as_predictions
+from headless_browser import render, screenshot
 from s3_uploads import upload_directory
 from detfuse.stages.cli import parse_top
 from detfuse.stages.ensemble import run_ensemble, select_members
@@ -170,6 +172,13 @@ def test_ensemble_of_both_families(experiment, capsys):
         assert chosen["trial_id"] == top["trial_id"] and chosen["mAP50"][report] == top["mAP50"][report]
     assert best["mAP50"]["val/cross-fitted"] == pytest.approx(
         sum(f["mAP50"][f["report"]] for f in best["folds"]) / 2)
+
+    # what each family brings alone, and per class (the rare classes decide), as the ensembles are scored
+    assert set(summary["best_per_family"]) == FAMILIES
+    for family, entry in summary["best_per_family"].items():
+        assert {m["trial_id"]: m["family"] for m in summary["members"]}[entry["trial_id"]] == family
+        assert set(entry["per_class_AP50"]["val/cross-fitted"]) <= set(dataset.class_names)
+    assert set(best["per_class_AP50"]["val/cross-fitted"]) <= set(dataset.class_names)
 
     assert set(summary["family_ensembles"]) == FAMILIES
     for family, ensemble in summary["family_ensembles"].items():
@@ -401,3 +410,31 @@ def test_experiment_on_s3(experiment, s3_bucket):
     assert len(rows) == 24
     spec = read_fusion_spec(f"{experiment_uri}/ensemble/fusion.json")
     assert all(m.checkpoint.startswith("s3://") for m in spec.members)
+
+
+@pytest.mark.slow
+def test_report_of_the_tiny_run_renders_every_chart_in_a_browser(experiment, chromium, tmp_path):
+    experiment_uri, _ = experiment
+    assert run_ensemble(experiment_uri, top=2) == 0  # the summary this report shows, whatever ran before
+    page = tmp_path / "report" / "tiny.html"
+
+    assert main(["report", experiment_uri, "--out", str(page)]) == 0
+
+    charts = ("learning_curves", "hyperparameters", "per_class_ap50", "ensemble_gain", "compute")
+    assert sorted(p.name for p in page.parent.iterdir()) == sorted(["tiny.html", *(f"tiny_{c}.png" for c in charts)])
+    shown = render(chromium, page, tmp_path / "profile")
+    assert shown.console == []
+    assert 'data-charts-rendered="5/5"' in shown.dom
+    rendered = re.findall(r'<img class="chart" id="chart-(\w+)"[^>]*data-rendered="yes"', shown.dom)
+    assert rendered == list(charts)
+    # the run's own numbers: every trial of both families, the best single model and the ensemble's gain
+    summary = read_json(Path(experiment_uri) / "ensemble" / "summary.json")
+    label = summary["splits"]["report"]["split"]
+    for row in read_json(Path(experiment_uri) / "leaderboard.json"):
+        assert f"<td>{row['trial_id']}</td><td>{row['family']}</td>" in shown.dom
+    assert f"best single model, {label}: <b>{summary['best_single']['mAP50'][label]:.4f}</b>" in shown.dom
+    assert f"cross-family ensemble gain: <b>{summary['gains']['cross_family_over_best_single']:+.4f}</b>" in shown.dom
+    # the hyperparameters each space searched, as experiment.json records them (the demo's spaces)
+    assert ", optimizer=" in shown.dom and ", weight_decay=" in shown.dom
+    shot = screenshot(chromium, page, tmp_path / "profile", tmp_path / "report.png")
+    print(f"screenshot of the report: {shot}")

@@ -64,3 +64,10 @@ def test_pipeline_on_s3_resumes_after_being_killed_in_its_ensemble_stage(cluster
     manifest = json.loads(read_object(s3_server, s3_bucket, f"bundles/{latest['bundle']}/manifest.json"))
     assert any(f["path"].startswith("checkpoints/") for f in manifest["files"])
     assert "cross-family ensemble" in second.stdout and f"bundle: s3://{s3_bucket}/bundles/" in second.stdout
+    # the last stage wrote the report beside the experiment's records, every chart inline and as a PNG
+    assert f"report: s3://{s3_bucket}/runs/pipe/report/report.html" in second.stdout
+    page = read_object(s3_server, s3_bucket, "runs/pipe/report/report.html")
+    charts = ("learning_curves", "hyperparameters", "per_class_ap50", "ensemble_gain", "compute")
+    assert all(f'id="chart-{chart}" ' in page for chart in charts)
+    pngs = s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="runs/pipe/report/report_")
+    assert sorted(o["Key"] for o in pngs["Contents"]) == sorted(f"runs/pipe/report/report_{c}.png" for c in charts)

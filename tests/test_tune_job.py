@@ -6,6 +6,7 @@ tests of the suite: a few minutes each on two cores.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,3 +160,15 @@ def experiment_state(experiment_dir):
         trial = json.loads(trial_json)
         out[trial["trial_id"]] = trial["status"]
     return out
+
+
+def test_tune_prints_the_ray_dashboard_url_of_the_cluster_it_runs_on(small_dataset, tmp_path):
+    """A local cluster started by the job runs Ray's dashboard; the job says where. (Asking for more CPUs than the
+    machine has stops it right after it joined Ray, before any trial.)"""
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    done = subprocess.run([sys.executable, "-m", "detfuse", "tune", str(ROOT / "configs" / "demo.yaml"), "name=dash",
+                           f"dataset={small_dataset}", f"storage={tmp_path}", "spaces.0.resources.cpu=4096"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "asks for 4096 CPU and 0 GPU per trial, more than this cluster offers" in done.stderr
+    assert re.search(r"^Ray dashboard: http://[\w.]+:\d+ ", done.stdout, re.MULTILINE), done.stdout[-3000:]

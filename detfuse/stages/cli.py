@@ -86,6 +86,12 @@ def _predict(args):
                        settings=_s3_settings(args), verbose=args.verbose)
 
 
+def _report(args):
+    from detfuse.stages.report import run_report
+
+    return run_report(args.experiment, args.out)
+
+
 def _pipeline(args):
     from detfuse.stages.pipeline import run_pipeline
 
@@ -201,6 +207,13 @@ def build_parser():
     export.add_argument("experiment", help="the experiment's URI: <storage>/<name>, a local path or s3://")
     export.add_argument("--to", required=True, metavar="URI", help="destination: a directory or s3://BUCKET/PREFIX")
     _s3_arguments(export, uploads=True)
+
+    report = _command(commands, "report", "one self-contained HTML page (and its charts as PNG files) on what a search "
+                      "did: learning curves with ASHA's stops, hyperparameters, per-class AP50, the ensemble's gain, "
+                      "compute spent and saved", _report)
+    report.add_argument("experiment", help="the experiment's URI: <storage>/<name>, a local path or s3://")
+    report.add_argument("--out", metavar="FILE", help="the HTML file to write, charts beside it as "
+                        "<name>_<chart>.png (default <experiment>/report/report.html)")
 
     predict = _command(commands, "predict", "run an exported bundle's fused ensemble on images; writes COCO JSON, "
                        "CSV and images with boxes", _predict)

@@ -12,20 +12,23 @@ AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
 
 
 def connect(verbose=False):
-    """ray.init() for a job driver. Trial output reaches the terminal only with --verbose."""
+    """ray.init() for a job driver. Trial output reaches the terminal only with --verbose. Returns the URL of the
+    cluster's Ray dashboard, or None when it runs none (or this process had joined Ray already)."""
     if not verbose:  # Tune's advice on checkpoint frequency is for Tune developers, not for the status table
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
-        return
+        return None
     settings = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING,
                     configure_logging=True)
     address = os.environ.get("RAY_ADDRESS", "auto")
     try:
-        ray.init(address=address, **settings)
+        context = ray.init(address=address, **settings)
     except ConnectionError:
         if "RAY_ADDRESS" in os.environ:
             raise
-        ray.init(**settings)  # no cluster running: start a local one on this machine
+        context = ray.init(**settings)  # no cluster running: start a local one on this machine
+    url = context.address_info.get("webui_url")
+    return None if not url else url if "://" in url else f"http://{url}"
 
 
 def node_capacities(autoscaler_config=AUTOSCALER_CONFIG):

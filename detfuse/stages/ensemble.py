@@ -35,13 +35,16 @@ two folds). Every "mAP50" is {label: mAP50}.
     warnings: the WARNING lines printed, else []: members re-scored more than 0.01 from their report, or whose
               checkpoint's report is more than 0.01 from their leaderboard best_mAP50
     best_single: {trial_id, family, chosen_on (final_fit's label), mAP50: {final_fit label, report label},
+                  per_class_AP50: {report label: {class: AP50}},
                   folds: [{fit, report, trial_id (the best on fit), mAP50: {fit label, report label}}]}: among the
                  trials' plain predictions, the baseline every ensemble (augmented members included) is measured by
+    best_per_family: {family: the same, among that family's trials}: what each family brings alone
     family_ensembles: {family: ENSEMBLE} (families with 2+ members)
     cross_family: ENSEMBLE or null (needs 2+ families)
         ENSEMBLE: {members, weights, params, candidates, families, search: the ensemble fitted on final_fit
                    (members and candidates by name: <trial_id>, or <trial_id>+hflip for an augmented one),
                    mAP50: {final_fit label: in-sample, report label: the number to believe},
+                   per_class_AP50: {report label: {class: AP50}} (per class as mAP50 is: the mean over folds),
                    folds: [{fit, report, members, weights, params, mAP50: {fit label, report label}}]}
     final: {ensemble (cross_family, a family, or "single member"), fitted_on: {split, images}, note, fusion}
     gains: {split: the report label, <family>_ensemble_over_best_single, cross_family_over_best_single,
@@ -288,7 +291,7 @@ def run_ensemble(experiment_uri, top=DEFAULT_TOP, top_per_family=None, method="w
     final_entry = cross_entry or next(iter(family_entries.values()), None) or evaluation.ensemble_entry(
         final_fits, names, families)
     final = final_fits[plan.final.label]
-    best = evaluation.best_single(members_summary)
+    best = evaluation.best_single(members_summary, predictions)
     ensemble_uri = experiment_storage.join(experiment_uri, "ensemble")
     outputs, fusion_ms = write_outputs(ensemble_uri, data, inputs, final)
     provenance = {"dataset": {"spec": dataset_spec, "name": data.name, "fingerprint": data.fingerprint},
@@ -307,6 +310,7 @@ def run_ensemble(experiment_uri, top=DEFAULT_TOP, top_per_family=None, method="w
         "members": members_summary,
         "warnings": warnings,
         "best_single": best,
+        "best_per_family": evaluation.best_per_family(members_summary, predictions),
         "family_ensembles": family_entries,
         "cross_family": cross_entry,
         "final": {"ensemble": final_name, "fitted_on": plan.final.as_dict(), "note": plan.final_note,

@@ -114,6 +114,12 @@ def _mean(values):
     return sum(values) / len(values)
 
 
+def _mean_per_class(folds):
+    """{class: AP50} averaged over folds, each class over the folds whose report part has it (as mAP50 is)."""
+    classes = dict.fromkeys(name for per_class in folds for name in per_class)
+    return {name: _mean(per_class[name] for per_class in folds if name in per_class) for name in classes}
+
+
 def _describe(fitted, names):
     """A fitted ensemble's members, weights and parameters as summary.json shows them."""
     weights = fitted.params.weights or (1.0,) * len(fitted.members)
@@ -141,7 +147,11 @@ class Evaluation:
         self.plan, self.coco, self.inputs = plan, coco, inputs
 
     def mAP50(self, predictions, part):
-        return evaluate(self.coco[part.split], predictions, image_ids=part.image_ids).mAP50
+        return self.score(predictions, part).mAP50
+
+    def score(self, predictions, part):
+        """The evaluator's whole result (mAP50 and per-class AP50) of `predictions` on `part`'s images."""
+        return evaluate(self.coco[part.split], predictions, image_ids=part.image_ids)
 
     def member_mAP50(self, predictions):
         """A member's mAP50 on all of val and on every part of the plan; `predictions`: {split: [Prediction]}."""
@@ -154,34 +164,46 @@ class Evaluation:
     def ensemble_entry(self, fitted, names, families):
         """summary.json's entry of one kind of ensemble. `fitted`: {part label: FittedEnsemble} for every part of
         plan.fit_parts(); `names`, `families`: the trial id and family of each member index."""
-        plan, folds = self.plan, []
+        plan, folds, per_class = self.plan, [], []
         for fold in plan.folds:
             ensemble = fitted[fold.fit.label]
             fused = self.inputs[fold.report.split].fuse(ensemble.params, ensemble.members, fold.report.image_ids)
+            scored = self.score(fused, fold.report)
+            per_class.append(scored.per_class_ap50)
             folds.append({"fit": fold.fit.label, "report": fold.report.label, **_describe(ensemble, names),
-                          "mAP50": {fold.fit.label: ensemble.fit_mAP50,
-                                    fold.report.label: self.mAP50(fused, fold.report)}})
+                          "mAP50": {fold.fit.label: ensemble.fit_mAP50, fold.report.label: scored.mAP50}})
         final = fitted[plan.final.label]
         return {**_describe(final, names), "candidates": [names[m] for m in final.candidates],
                 "families": sorted({families[m] for m in final.members}),
                 "mAP50": {plan.final.label: final.fit_mAP50,
                           plan.report_label: _mean(fold["mAP50"][fold["report"]] for fold in folds)},
+                "per_class_AP50": {plan.report_label: _mean_per_class(per_class)},
                 "folds": folds, "search": {"fusions_scored": final.evaluations, "steps": final.steps}}
 
-    def best_single(self, members):
+    def best_single(self, members, predictions):
         """The best single model chosen as the ensembles are: on each fold's fit part, scored on its report part.
         `members`: summary.json member entries (trial_id, family, mAP50 from member_mAP50), in leaderboard order
-        within each family; ties go to the first."""
-        plan, folds = self.plan, []
+        within each family; ties go to the first. `predictions`: {(trial_id, split): [Prediction]}, for the
+        per-class AP50 of each fold's choice on its report part."""
+        plan, folds, per_class = self.plan, [], []
         for fold in plan.folds:
             chosen = max(members, key=lambda m: m["mAP50"][fold.fit.label])
+            per_class.append(self.score(predictions[(chosen["trial_id"], fold.report.split)],
+                                        fold.report).per_class_ap50)
             folds.append({"fit": fold.fit.label, "report": fold.report.label, "trial_id": chosen["trial_id"],
                           "mAP50": {label: chosen["mAP50"][label] for label in (fold.fit.label, fold.report.label)}})
         final = max(members, key=lambda m: m["mAP50"][plan.final.label])
         return {"trial_id": final["trial_id"], "family": final["family"], "chosen_on": plan.final.label,
                 "mAP50": {plan.final.label: final["mAP50"][plan.final.label],
                           plan.report_label: _mean(fold["mAP50"][fold["report"]] for fold in folds)},
+                "per_class_AP50": {plan.report_label: _mean_per_class(per_class)},
                 "folds": folds}
+
+    def best_per_family(self, members, predictions):
+        """{family: best_single among that family's members}: what each family brings on its own."""
+        families = sorted({m["family"] for m in members})
+        return {family: self.best_single([m for m in members if m["family"] == family], predictions)
+                for family in families}
 
     def gains(self, best, families, cross):
         """Gains on the numbers to believe, and per fold; `best`, `families` {family: entry}, `cross` (entry or

@@ -1,4 +1,4 @@
-"""The pipeline job: tune -> ensemble -> export in one job on the cluster it runs in.
+"""The pipeline job: tune -> ensemble -> export -> report in one job on the cluster it runs in.
 
     detfuse pipeline CONFIG [key=value ...]
     ray submit cluster.yaml ray_jobs/pipeline.py -- CONFIG [key=value ...]
@@ -15,7 +15,7 @@ from detfuse.core.storage import experiment_storage
 from detfuse.core.errors import UserError
 from detfuse.stages.experiment import load_experiment
 
-STAGES = ("tune", "ensemble", "export")
+STAGES = ("tune", "ensemble", "export", "report")
 
 
 def stage_marker(experiment, stage):
@@ -43,6 +43,7 @@ def run_pipeline(config_path, overrides=(), verbose=False):
 
     from detfuse.stages.ensemble import ensemble_experiment
     from detfuse.stages.export import export_for
+    from detfuse.stages.report import run_report
     from detfuse.stages.tune import print_notices, tune_experiment
 
     experiment = load_experiment(config_path, overrides)
@@ -51,12 +52,14 @@ def run_pipeline(config_path, overrides=(), verbose=False):
     run_stage(experiment, "tune", lambda: tune_experiment(experiment, resume=resume, verbose=verbose))
     run_stage(experiment, "ensemble", lambda: ensemble_experiment(experiment, verbose=verbose))
     run_stage(experiment, "export", lambda: export_for(experiment))
+    run_stage(experiment, "report", lambda: run_report(experiment.uri))
     print_final_summary(experiment)
     return 0
 
 
 def print_final_summary(experiment, stream=None):
     from detfuse.stages.leaderboard import read_leaderboard, top_per_family
+    from detfuse.stages.report import default_report_uri
 
     stream = stream or sys.stdout
     rows = read_leaderboard(experiment.uri)
@@ -76,5 +79,7 @@ def print_final_summary(experiment, stream=None):
               f"({cross['mAP50'][report] - best_single['mAP50'][report]:+.4f}) with {len(cross['members'])} members",
               file=stream)
     print(f"  bundle: {experiment_storage.join(experiment.export_to, latest['bundle'])}", file=stream)
+    print(f"  report: {default_report_uri(experiment.uri)} (detfuse report {experiment.uri} writes it again)",
+          file=stream)
     print(f"  predict: detfuse predict {experiment_storage.join(experiment.export_to, 'latest.json')} IMAGES... "
           f"--out predictions", file=stream)

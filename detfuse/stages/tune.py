@@ -69,7 +69,8 @@ def new_tuner(experiment, verbose):
     # ensemble and export run on their own learn the experiment's dataset and name from here; --resume its settings
     experiment_storage.write_text(experiment_storage.join(experiment.uri, "experiment.json"), json.dumps({
         "name": experiment.name, "dataset": experiment.dataset, "storage": experiment.storage,
-        "config_path": str(experiment.path), "run_settings": run_settings(experiment, verbose)}, indent=2))
+        "config_path": str(experiment.path), "run_settings": run_settings(experiment, verbose),
+        "spaces": [space_record(entry) for entry in experiment.entries]}, indent=2))
     run_config = tune.RunConfig(
         name=experiment.name,
         storage_path=experiment.storage,
@@ -90,6 +91,25 @@ def new_tuner(experiment, verbose):
         trial_dirname_creator=trial_name,
     )
     return tune.Tuner(trainable(), tune_config=tune_config, run_config=run_config)
+
+
+def space_record(entry):
+    """What `detfuse report` needs of a search space: which hyperparameters were searched, over what values, on
+    what budget. Each searched name maps to {"choice": [values]} or {"range": [low, high], "log": bool}."""
+    space = entry.space
+    return {"space": space.name, "family": space.family, "architecture": space.architecture,
+            "searched": {name: domain_record(space.space[name]) for name in sorted(space.space)},
+            "max_epochs": space.max_epochs, "grace_epochs": space.grace_epochs,
+            "num_samples": entry.num_samples, "resources": entry.settings["resources"]}
+
+
+def domain_record(domain):
+    """A Tune distribution as JSON: its choices, or its range and whether it is sampled on a log scale."""
+    if isinstance(domain, tune.search.sample.Categorical):
+        return {"choice": list(domain.categories)}
+    sampler = domain.get_sampler()
+    sampler = getattr(sampler, "sampler", sampler)  # a quantized distribution wraps the one it rounds
+    return {"range": [domain.lower, domain.upper], "log": isinstance(sampler, tune.search.sample.LogUniform)}
 
 
 def run_settings(experiment, verbose):
@@ -133,6 +153,13 @@ def wandb_callbacks(experiment):
                                 dir=settings["dir"], excludes=["hparams"], log_config=True)]
 
 
+def print_dashboard(url):
+    """Where to watch the search live: the Ray dashboard of the cluster the job joined or started."""
+    if url:
+        print(f"Ray dashboard: {url} (on a cluster launched with cluster.yaml: run `ray dashboard cluster.yaml` "
+              f"and open http://localhost:8265)", flush=True)
+
+
 def print_notices(experiment):
     """What loading changed in the config as written (e.g. a grace period lowered to a smaller budget)."""
     for notice in experiment.notices:
@@ -169,7 +196,7 @@ def tune_experiment(experiment, resume=False, verbose=False):
     load_dataset(experiment.dataset)  # every dataset problem is reported before any trial starts
     if resume:
         check_resume_settings(experiment, verbose)
-    connect(verbose)
+    print_dashboard(connect(verbose))
     check_resources_fit(experiment)
     if resume:
         if not tune.Tuner.can_restore(experiment.uri):

@@ -20,8 +20,13 @@ def _store_and_key(uri):
 
 def write_text(uri, text):
     """Write `text` to `uri` whole (atomically: a reader never sees half of it)."""
+    write_bytes(uri, text.encode())
+
+
+def write_bytes(uri, data):
+    """Write `data` to `uri` whole (atomically: a reader never sees half of it)."""
     store, key = _store_and_key(uri)
-    store.write_bytes(key, text.encode())
+    store.write_bytes(key, data)
 
 
 def read_text(uri):

@@ -1,0 +1,200 @@
+"""`detfuse report`: one self-contained HTML page (and its charts as PNG files) on what a search did.
+
+    detfuse report EXPERIMENT_URI [--out FILE]
+
+The report only reads the experiment's records, never Tune's internals or a model: leaderboard.json (trials,
+hyperparameters, ASHA stops), each trial's progress.csv and params.json (learning curve, time, resources),
+experiment.json (which hyperparameters each space searched, on what budget), ensemble/summary.json (per-class
+AP50, the ensemble's gains) and the pipeline's stage markers (wall time). Charts: detfuse/stages/report_charts.py;
+the page: detfuse/stages/report_page.py. Without --out it is written to <experiment>/report/report.html, each chart
+beside it as report_<chart>.png; the same records give the same files, so running it again changes nothing.
+"""
+
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from detfuse.core.errors import UserError
+from detfuse.core.storage import experiment_storage
+
+# The pipeline's stage markers (detfuse/stages/pipeline.py, which runs this report as its last stage):
+# <experiment>/pipeline/<stage>.json, {stage, started, finished}
+TIMED_STAGES = ("tune", "ensemble", "export")
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the report shows it."""
+
+    trial_id: str
+    family: str
+    architecture: str
+    hparams: dict
+    max_epochs: float  # the trial's budget: ASHA stopped it when it ended cleanly before this
+    epochs_trained: float
+    best_mAP50: float | None
+    best_epoch: float | None
+    stopped_early: bool
+    error: str | None
+    curve: list = field(default_factory=list)  # [(epoch, mAP50)] of every report
+    seconds: float = 0.0  # training time (Tune's time_total_s at its last report)
+    cpus: float = 0.0
+    gpus: float = 0.0  # what the trial asked for (a DDP trial: all its workers' GPUs)
+
+    @property
+    def seconds_saved(self):
+        """Time ASHA saved: the rest of the budget at the trial's own pace, for a trial it stopped."""
+        if not self.stopped_early or self.epochs_trained <= 0:
+            return 0.0
+        return self.seconds / self.epochs_trained * (self.max_epochs - self.epochs_trained)
+
+
+@dataclass
+class ExperimentRecords:
+    """Everything the report shows, read from one experiment's storage."""
+
+    uri: str
+    name: str
+    trials: list  # TrialRecord, best mAP50 first (leaderboard order)
+    searched: dict  # architecture -> {hyperparameter searched: its domain record or None} (see _searched)
+    summary: dict | None  # ensemble/summary.json, None before the ensemble stage
+    stage_seconds: dict  # pipeline stage -> wall seconds, for the stages that recorded them
+
+    @property
+    def families(self):
+        return sorted({trial.family for trial in self.trials})
+
+    @property
+    def architectures(self):
+        return list(dict.fromkeys(trial.architecture for trial in self.trials))
+
+    def hours(self, unit):
+        """(spent, saved by ASHA) in `unit`-hours: "gpu" or "cpu" (what the trials asked for times their time)."""
+        per = (lambda t: t.gpus) if unit == "gpu" else (lambda t: t.cpus)
+        return (sum(t.seconds * per(t) for t in self.trials) / 3600,
+                sum(t.seconds_saved * per(t) for t in self.trials) / 3600)
+
+
+def _trial_dir(experiment_uri, row):
+    """The trial's directory under the experiment (its leaderboard path may name another mount of the storage)."""
+    return experiment_storage.join(experiment_uri, row["path"].rstrip("/").rsplit("/", 1)[-1])
+
+
+def _progress(trial_dir):
+    """[(epoch, mAP50)] of every report and the trial's training seconds, from Tune's progress.csv."""
+    uri = experiment_storage.join(trial_dir, "progress.csv")
+    if not experiment_storage.exists(uri):
+        return [], 0.0
+    rows = list(csv.DictReader(io.StringIO(experiment_storage.read_text(uri))))
+    curve = [(float(r["epoch"]), float(r["mAP50"])) for r in rows if r.get("epoch") and r.get("mAP50")]
+    seconds = max((float(r["time_total_s"]) for r in rows if r.get("time_total_s")), default=0.0)
+    return curve, seconds
+
+
+def _resources(trial_dir):
+    uri = experiment_storage.join(trial_dir, "params.json")
+    if not experiment_storage.exists(uri):
+        return 0.0, 0.0
+    resources = experiment_storage.read_json(uri).get("resources") or {}
+    return float(resources.get("cpu", 0)), float(resources.get("gpu", 0))
+
+
+def _searched(experiment_json, trials):
+    """Architecture -> {hyperparameter its space searched: what it was searched over ({"choice": [...]} or
+    {"range": [low, high], "log": bool}), or None when unknown}: as experiment.json records them, else (older
+    experiments) the hyperparameters whose values differ between the architecture's trials."""
+    spaces = (experiment_json or {}).get("spaces")
+    if spaces:
+        searched = {}
+        for space in spaces:  # two spaces of one architecture: the first's record of a name is kept
+            domains = searched.setdefault(space["architecture"], {})
+            for name, domain in sorted(space["searched"].items()):
+                domains.setdefault(name, domain)
+        return searched
+    searched = {}
+    for architecture in dict.fromkeys(t.architecture for t in trials):
+        rows = [t.hparams for t in trials if t.architecture == architecture]
+        searched[architecture] = {name: None for name in sorted(rows[0])
+                                  if len({repr(r.get(name)) for r in rows}) > 1}
+    return searched
+
+
+def read_records(experiment_uri):
+    """The ExperimentRecords of the experiment at `experiment_uri` (<storage>/<name>, local or s3://)."""
+    if not experiment_uri.startswith("s3://"):
+        experiment_uri = str(Path(experiment_uri).expanduser().resolve())
+    leaderboard_uri = experiment_storage.join(experiment_uri, "leaderboard.json")
+    if not experiment_storage.exists(leaderboard_uri):
+        raise UserError(f"{leaderboard_uri} does not exist: EXPERIMENT_URI is <storage>/<name> of an experiment "
+                        f"whose `detfuse tune` (or pipeline tune stage) has finished")
+    rows = experiment_storage.read_json(leaderboard_uri, "it is written by `detfuse tune`")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"trial_id", "path"} <= set(r) for r in rows):
+        raise UserError(f"{leaderboard_uri}: expected a list of trial rows with trial_id and path, as "
+                        f"`detfuse tune` writes it; run `detfuse tune CONFIG --resume` to write it again")
+    trials = []
+    for row in rows:
+        trial_dir = _trial_dir(experiment_uri, row)
+        curve, seconds = _progress(trial_dir)
+        cpus, gpus = _resources(trial_dir)
+        trials.append(TrialRecord(
+            trial_id=row["trial_id"], family=row["family"], architecture=row["architecture"],
+            hparams=row.get("hparams") or {}, max_epochs=float(row.get("max_epochs") or 0.0),
+            epochs_trained=float(row.get("epochs_trained") or 0.0), best_mAP50=row.get("best_mAP50"),
+            best_epoch=row.get("best_epoch"), stopped_early=bool(row.get("stopped_early")), error=row.get("error"),
+            curve=curve, seconds=seconds, cpus=cpus, gpus=gpus))
+    experiment_json_uri = experiment_storage.join(experiment_uri, "experiment.json")
+    experiment_json = (experiment_storage.read_json(experiment_json_uri)
+                       if experiment_storage.exists(experiment_json_uri) else None)
+    summary_uri = experiment_storage.join(experiment_uri, "ensemble", "summary.json")
+    summary = experiment_storage.read_json(summary_uri) if experiment_storage.exists(summary_uri) else None
+    return ExperimentRecords(
+        uri=experiment_uri, name=(experiment_json or {}).get("name") or experiment_uri.rstrip("/").rsplit("/", 1)[-1],
+        trials=trials, searched=_searched(experiment_json, trials), summary=summary,
+        stage_seconds=_stage_seconds(experiment_uri))
+
+
+def _stage_seconds(experiment_uri):
+    seconds = {}
+    for stage in TIMED_STAGES:
+        marker = experiment_storage.join(experiment_uri, "pipeline", f"{stage}.json")
+        if experiment_storage.exists(marker):
+            record = experiment_storage.read_json(marker)
+            seconds[stage] = record["finished"] - record["started"]
+    return seconds
+
+
+def default_report_uri(experiment_uri):
+    return experiment_storage.join(experiment_uri, "report", "report.html")
+
+
+def chart_uri(report_uri, chart):
+    """Where a chart's PNG goes: beside the page, named after it (report.html -> report_<chart>.png)."""
+    parent, _, page = report_uri.rpartition("/")
+    stem = page.rsplit(".", 1)[0]
+    return f"{parent}/{stem}_{chart}.png" if parent else f"{stem}_{chart}.png"
+
+
+def write_report(experiment_uri, out=None):
+    """Write the report of the experiment at `experiment_uri` to `out` (default: in the experiment); returns its
+    URI."""
+    from detfuse.stages.report_charts import draw_charts
+    from detfuse.stages.report_page import render_page
+
+    started = time.perf_counter()
+    records = read_records(experiment_uri)
+    report_uri = default_report_uri(records.uri) if out is None else (
+        out if out.startswith("s3://") else str(Path(out).expanduser().resolve()))
+    charts = draw_charts(records)
+    for chart, png in charts.items():
+        experiment_storage.write_bytes(chart_uri(report_uri, chart), png)
+    experiment_storage.write_text(report_uri, render_page(records, charts))
+    print(f"report: {report_uri} ({len(charts)} charts, {time.perf_counter() - started:.1f} s)", flush=True)
+    return report_uri
+
+
+def run_report(experiment_uri, out=None):
+    """`detfuse report`; returns the exit code."""
+    write_report(experiment_uri, out)
+    return 0

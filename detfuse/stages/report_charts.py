@@ -1,0 +1,240 @@
+"""The report's charts as PNG bytes, drawn with matplotlib's Agg backend: images, so the page needs no script or
+font from anywhere to show them, and the same files serve as the PNGs written beside it.
+
+Each chart reads only an ExperimentRecords (detfuse/stages/report.py); a chart whose records are missing (no
+ensemble yet, nothing searched) is left out, and the page says why.
+"""
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; chosen before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
+FAMILY_COLOURS = {"detectron2": "#1f77b4", "yolov5": "#ff7f0e"}
+OTHER_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+ENSEMBLE_COLOUR = "#2ca02c"
+
+
+def family_colour(family, families):
+    if family in FAMILY_COLOURS:
+        return FAMILY_COLOURS[family]
+    others = [f for f in families if f not in FAMILY_COLOURS]
+    return OTHER_COLOURS[others.index(family) % len(OTHER_COLOURS)]
+
+
+def _png(figure):
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})  # no version: same bytes each run
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def learning_curves(records):
+    """mAP50 against epoch for every trial, coloured by family, an X where its family's ASHA stopped it."""
+    figure, axes = plt.subplots(figsize=(9, 4.8))
+    families = records.families
+    for trial in records.trials:
+        if not trial.curve:
+            continue
+        epochs, values = zip(*trial.curve)
+        colour = family_colour(trial.family, families)
+        axes.plot(epochs, values, color=colour, marker="o", markersize=3, linewidth=1.5, alpha=0.85)
+        if trial.stopped_early:
+            axes.plot(epochs[-1], values[-1], marker="X", markersize=11, color=colour, markeredgecolor="black")
+        axes.annotate(trial.trial_id, (epochs[-1], values[-1]), textcoords="offset points", xytext=(5, 3),
+                      fontsize=7, color=colour)
+    budgets = sorted({(t.family, t.max_epochs) for t in records.trials if t.max_epochs})
+    for family, budget in budgets:
+        axes.axvline(budget, color=family_colour(family, families), linestyle=":", linewidth=1)
+    handles = [Line2D([], [], color=family_colour(f, families), marker="o", label=f) for f in families]
+    handles.append(Line2D([], [], linestyle="", marker="X", markersize=9, color="grey", markeredgecolor="black",
+                          label="stopped by ASHA"))
+    handles.append(Line2D([], [], color="grey", linestyle=":", label="full budget"))
+    axes.legend(handles=handles, loc="upper left", fontsize=8)
+    axes.set_xlabel("epoch (images seen / training images)")
+    axes.set_ylabel("val mAP50")
+    stopped = sum(t.stopped_early for t in records.trials)
+    axes.set_title(f"Learning curves: {len(records.trials)} trials, {stopped} stopped early by ASHA")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _label(value):
+    return value if isinstance(value, str) else repr(value)
+
+
+def _place(axes, values, domain):
+    """The x positions of `values` of one hyperparameter on `axes`, its axis set up for what it was searched over:
+    every choice at an even position (the untried ones too), a range in full (log-scaled when sampled so)."""
+    if (domain is not None and "choice" in domain) or not all(_is_number(v) for v in values):
+        categories = [_label(v) for v in (domain or {}).get("choice", [])]
+        categories += [label for label in dict.fromkeys(map(_label, values)) if label not in categories]
+        axes.set_xticks(range(len(categories)), categories, fontsize=8)
+        axes.set_xlim(-0.5, len(categories) - 0.5)
+        return [categories.index(_label(v)) for v in values]
+    if domain is not None:
+        low, high = domain["range"]
+        if domain["log"]:
+            axes.set_xscale("log")
+            axes.xaxis.set_minor_formatter(NullFormatter())  # a range within a decade would label every tick
+            axes.set_xlim(low / 1.2, high * 1.2)
+        else:
+            margin = (high - low) * 0.05
+            axes.set_xlim(low - margin, high + margin)
+    elif values and min(values) > 0 and max(values) / min(values) > 20:
+        axes.set_xscale("log")
+    return values
+
+
+def hyperparameters(records):
+    """Best mAP50 of each trial against each hyperparameter its architecture searched: one small scatter per
+    (architecture, hyperparameter); hollow markers for trials ASHA stopped. None when nothing was searched."""
+    rows = [(architecture, list(domains)) for architecture, domains in records.searched.items() if domains
+            and any(t.architecture == architecture for t in records.trials)]
+    if not rows:
+        return None
+    columns = max(len(names) for _, names in rows)
+    figure, grid = plt.subplots(len(rows), columns, figsize=(3.2 * columns + 0.5, 2.8 * len(rows)), squeeze=False)
+    families = records.families
+    for row, (architecture, names) in enumerate(rows):
+        trials = [t for t in records.trials if t.architecture == architecture and t.best_mAP50 is not None]
+        for column in range(columns):
+            axes = grid[row][column]
+            if column >= len(names):
+                axes.set_visible(False)
+                continue
+            name = names[column]
+            values = [t.hparams.get(name) for t in trials]
+            xs = _place(axes, values, records.searched[architecture][name])
+            for x, trial in zip(xs, trials):
+                colour = family_colour(trial.family, families)
+                axes.scatter([x], [trial.best_mAP50], s=40, edgecolors=colour,
+                             facecolors="none" if trial.stopped_early else colour, linewidths=1.5)
+            axes.set_title(f"{architecture}: {name}", fontsize=9)
+            axes.tick_params(labelsize=8)
+            axes.grid(alpha=0.3)
+            if column == 0:
+                axes.set_ylabel("best val mAP50", fontsize=8)
+    figure.suptitle("Searched hyperparameters against best mAP50 (hollow: stopped by ASHA)", fontsize=10)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def _ensemble_of(summary):
+    """(label, entry) of the ensemble the report compares: the cross-family one, else the written one's family."""
+    if summary.get("cross_family") is not None:
+        return "cross-family ensemble", summary["cross_family"]
+    final = summary.get("final", {}).get("ensemble")
+    if final in summary.get("family_ensembles", {}):
+        return f"{final} ensemble", summary["family_ensembles"][final]
+    return None, None
+
+
+def per_class_ap50(records):
+    """Per-class AP50 on the report split of each family's best model and of the ensemble. None before the
+    ensemble stage, or when its summary predates per-class numbers."""
+    summary = records.summary
+    if not summary or "best_per_family" not in summary:
+        return None
+    label = summary["splits"]["report"]["split"]
+    bars = [(f"best {family} ({entry['trial_id']})", entry["per_class_AP50"][label],
+             family_colour(family, records.families))
+            for family, entry in sorted(summary["best_per_family"].items())]
+    name, ensemble = _ensemble_of(summary)
+    if ensemble is not None:
+        bars.append((name, ensemble["per_class_AP50"][label], ENSEMBLE_COLOUR))
+    classes = list(dict.fromkeys(c for _, values, _ in bars for c in values))
+    figure, axes = plt.subplots(figsize=(max(7, 1.1 * len(classes) * len(bars) / 2 + 2), 4.2))
+    width = 0.8 / len(bars)
+    for index, (bar_name, values, colour) in enumerate(bars):
+        xs = [c + (index - (len(bars) - 1) / 2) * width for c in range(len(classes))]
+        heights = [values.get(c, 0.0) for c in classes]
+        axes.bar(xs, heights, width, label=bar_name, color=colour)
+        for x, height in zip(xs, heights):
+            axes.text(x, height + 0.01, f"{height:.2f}", ha="center", va="bottom", fontsize=6)
+    axes.set_xticks(range(len(classes)), classes)
+    axes.set_ylabel(f"AP50 on {label}")
+    axes.set_ylim(0, min(1.05, max([0.1] + [v for _, values, _ in bars for v in values.values()]) * 1.2 + 0.02))
+    axes.legend(fontsize=8)
+    axes.set_title(f"Per-class AP50 on {label} ({summary['splits']['report']['images']} images)")
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def ensemble_gain(records):
+    """mAP50 on the report split of the best single model, each same-family ensemble and the cross-family one,
+    with each ensemble's gain over the best single model. None before the ensemble stage."""
+    summary = records.summary
+    if not summary:
+        return None
+    label = summary["splits"]["report"]["split"]
+    best = summary["best_single"]
+    bars = [(f"best single ({best['trial_id']}, {best['family']})", best["mAP50"][label], "grey")]
+    bars += [(f"{family} ensemble ({len(e['members'])} of {len(e['candidates'])})", e["mAP50"][label],
+              family_colour(family, records.families)) for family, e in sorted(summary["family_ensembles"].items())]
+    if summary.get("cross_family") is not None:
+        cross = summary["cross_family"]
+        bars.append((f"cross-family ensemble ({len(cross['members'])} of {len(cross['candidates'])})",
+                     cross["mAP50"][label], ENSEMBLE_COLOUR))
+    figure, axes = plt.subplots(figsize=(9, 0.7 * len(bars) + 1.6))
+    names, values, colours = zip(*bars)
+    positions = range(len(bars))[::-1]
+    axes.barh(list(positions), values, color=colours)
+    axes.set_yticks(list(positions), names, fontsize=8)
+    baseline = best["mAP50"][label]
+    for y, value in zip(positions, values):
+        gain = "" if y == len(bars) - 1 else f"  ({value - baseline:+.4f} over best single)"
+        axes.text(value, y, f" {value:.4f}{gain}", va="center", fontsize=8)
+    axes.set_xlim(0, max(values) * 1.6 + 0.01)
+    axes.set_xlabel(f"mAP50 on {label} ({summary['splits']['report']['images']} images)")
+    axes.set_title("What the ensembles add")
+    figure.tight_layout()
+    return _png(figure)
+
+
+def compute(records):
+    """Hours each trial trained, and the hours ASHA saved by stopping it before its budget (hatched): GPU-hours
+    when the trials asked for GPUs, else CPU-hours."""
+    unit = "gpu" if any(t.gpus for t in records.trials) else "cpu"
+    per = (lambda t: t.gpus) if unit == "gpu" else (lambda t: t.cpus)
+    trials = records.trials
+    figure, axes = plt.subplots(figsize=(9, 0.32 * len(trials) + 1.8))
+    positions = list(range(len(trials)))[::-1]
+    spent = [t.seconds * per(t) / 3600 for t in trials]
+    saved = [t.seconds_saved * per(t) / 3600 for t in trials]
+    colours = [family_colour(t.family, records.families) for t in trials]
+    axes.barh(positions, spent, color=colours)
+    axes.barh(positions, saved, left=spent, color="white", edgecolor=colours, hatch="///")
+    axes.set_yticks(positions, [f"{t.architecture} {t.trial_id}" for t in trials], fontsize=8)
+    axes.set_xlabel(f"{unit.upper()}-hours")
+    total_spent, total_saved = records.hours(unit)
+    saved_share = total_saved / (total_spent + total_saved) if total_spent + total_saved else 0.0
+    axes.set_title(f"{unit.upper()}-hours: {total_spent:.3g} spent, {total_saved:.3g} saved by ASHA "
+                   f"({saved_share:.0%} of running every trial to its budget)", fontsize=10)
+    axes.legend(handles=[plt.Rectangle((0, 0), 1, 1, color="grey", label="trained"),
+                         plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="grey", hatch="///",
+                                       label="saved by ASHA (rest of budget at the trial's pace)")],
+                fontsize=8, loc="lower right")
+    figure.tight_layout()
+    return _png(figure)
+
+
+CHARTS = {"learning_curves": learning_curves, "hyperparameters": hyperparameters, "per_class_ap50": per_class_ap50,
+          "ensemble_gain": ensemble_gain, "compute": compute}
+
+
+def draw_charts(records):
+    """{chart name: PNG bytes} of every chart the records allow, in the page's order."""
+    charts = {name: draw(records) for name, draw in CHARTS.items()}
+    return {name: png for name, png in charts.items() if png is not None}
+
