@@ -63,3 +63,16 @@ def test_yolov5_pretrained_space_loads_all_but_the_class_outputs():
     reshaped = line.split(": ")[-1].split(", ")
     assert "re-initialised for 7 classes (the checkpoint's were for 80)" in line
     assert len(reshaped) == 6 and all(".cv3." in key and key.split(".")[-2] == "2" for key in reshaped), reshaped
+
+
+def test_a_yolo_file_of_another_scale_is_refused_not_loaded_in_part():
+    """yolov5n's layers are narrower than yolov5s's: only BatchNorm counters and a few tensors would fit."""
+    from trainables.yolov5 import environment
+
+    environment.configure()
+    from detfuse.core.errors import UserError
+    from trainables.yolov5.predictor import build_model
+    from trainables.yolov5.transfer import InitialWeights, describe_transfer
+
+    with pytest.raises(UserError, match=r"^trial T: weights w: only \d+ of this model's \d+ weights fit it .*yolov5su"):
+        describe_transfer(InitialWeights(build_model("yolov5n", 80), "trial T: weights w"), build_model("yolov5s", 80))

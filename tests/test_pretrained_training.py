@@ -119,11 +119,13 @@ def test_wrong_checksum_or_another_familys_file_fails_before_training(
     with pytest.raises(UserError, match=f"trial in {tmp_path / 'a'}: weights {url}: .*not the expected abab"):
         train_in_local_run(config, tmp_path / "a")
     assert not list((tmp_path / "a").glob("checkpoint_*"))
-    with pytest.raises(UserError, match=f"weights {url}: not a detectron2 checkpoint"):
+    # a downloaded file that is no checkpoint stays in the cache: the message says how to get rid of it
+    with pytest.raises(UserError, match=f"(?s)weights {url}: not a detectron2 checkpoint.*downloaded to "
+                                        f"{d2_cache}/weights/url/.*remove it on each node"):
         train_in_local_run({**config, "weights": {"source": url, "sha256": None}}, tmp_path / "b")
 
     d2_file = module_weights_server.put("files/d2-for-yolo.pth", torch_bytes(detectron2_state("retinanet", 5, 0)))
-    with pytest.raises(UserError, match=f"weights {d2_file}: not an Ultralytics checkpoint"):
+    with pytest.raises(UserError, match=f"(?s)weights {d2_file}: not an Ultralytics checkpoint.*remove it on each node"):
         train_in_local_run(trial("yolov5n", tiny_dataset, d2_file), tmp_path / "c")
 
 
@@ -142,3 +144,18 @@ def test_release_name_fine_tunes_yolov5_with_a_new_head(module_weights_server, t
     assert "weights yolov5n.pt: loaded" in log
     assert "classification layers were re-initialised for 5 classes (the checkpoint's were for 3)" in log
     assert len(module_weights_server.gets("assets/yolov5nu.pt")) == 1
+
+
+def test_a_legacy_named_file_on_disk_is_loaded_not_swapped(tiny_dataset, d2_cache, tmp_path,
+                                                         monkeypatch):  # noqa: F811
+    """Ultralytics reads a path ending in yolov5n.pt with no 'u' in it as the legacy name of the yolov5nu.pt release
+    and downloads that instead (the test's directory has no 'u' for this reason): the user's file must load."""
+    model, data = ultralytics_pt(3)  # imports ultralytics after making it offline
+    from ultralytics.utils import downloads
+
+    monkeypatch.setattr(downloads, "safe_download", lambda url, **kwargs: pytest.fail(f"downloaded {url}"))
+    local = tmp_path / "yolov5n.pt"
+    local.write_bytes(data)
+    run = train_in_local_run(trial("yolov5n", tiny_dataset, str(local)), tmp_path / "run")
+    assert_loaded(yolo_checkpoint.read_weights(run.latest_checkpoint()), model.float().state_dict(),
+                  ["model.0.conv.weight", "model.9.cv2.conv.weight"])

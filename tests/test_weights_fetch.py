@@ -10,6 +10,7 @@ import yaml
 from weights_server import weights_server  # noqa: F401  (fixture)
 
 import trainables
+from detfuse.core.errors import UserError
 from detfuse.core.weights_source import WeightsSpec, fetch_weights
 from detfuse.stages.cli import main
 
@@ -74,6 +75,8 @@ def test_fetch_to_s3_downloads_once_and_the_line_works_as_weights(served, s3_buc
     monkeypatch.setenv("DETFUSE_CACHE", str(tmp_path / "other-node"))
     assert fetch_weights(WeightsSpec(**line), None, "trial").read_bytes() == ZOO_BYTES
     assert len(served.gets("files/custom.pth")) == 1
+    with pytest.raises(UserError, match="not the expected 0000.*: correct weights.sha256 or the S3 object$"):
+        fetch_weights(WeightsSpec(line["source"], "0" * 64), None, "trial")
 
 
 def test_fetch_failures_exit_2_naming_the_file(served, tmp_path, capsys):
@@ -86,3 +89,15 @@ def test_fetch_failures_exit_2_naming_the_file(served, tmp_path, capsys):
     assert main(["weights", "fetch", "yolov5su.pt", "yolov5su.pt", "--to", str(tmp_path / "d"),
                  "--sha256", "f" * 64]) == 2
     assert "--sha256 was given 1 times for 2 names" in capsys.readouterr().err
+
+
+def test_two_local_files_of_one_name_are_not_staged_over_each_other(tmp_path, capsys):
+    for run in ("run1", "run2"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "model_final.pth").write_bytes(run.encode())
+    assert main(["weights", "fetch", str(tmp_path / "run1/model_final.pth"), str(tmp_path / "run2/model_final.pth"),
+                 "--to", str(tmp_path / "staged")]) == 2
+    error = capsys.readouterr().err
+    assert f"detfuse weights fetch {tmp_path / 'run2/model_final.pth'}: it would be staged as model_final.pth" in error
+    assert "rename one" in error
+    assert (tmp_path / "staged/model_final.pth").read_bytes() == b"run1"

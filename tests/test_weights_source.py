@@ -55,14 +55,83 @@ def test_concurrent_processes_on_one_node_download_once(weights_server, cache): 
     assert len(weights_server.gets("shared.pt")) == 1
 
 
-def test_wrong_checksum_fails_and_caches_nothing(weights_server):  # noqa: F811
+def test_wrong_checksum_fails_without_downloading_again_and_a_corrected_one_uses_the_download(
+        weights_server):  # noqa: F811
     url = weights_server.put("model.pkl", PAYLOAD)
-    with pytest.raises(UserError) as error:
-        fetch(url, "0" * 64)
-    message = str(error.value)
-    assert "trial T: weights " + url in message and SHA in message and "0" * 64 in message
-    assert not [p for p in weights_cache_dir().rglob("*") if p.is_file() and not p.name.endswith(".lock")]
-    assert fetch(url, SHA).read_bytes() == PAYLOAD  # the right checksum then downloads it afresh
+    entry = weights_cache_dir() / "url" / url.removeprefix("http://")
+    for attempt in range(3):  # every trial start and retry on the node
+        with pytest.raises(UserError) as error:
+            fetch(url, "0" * 64)
+        message = str(error.value)
+        assert "trial T: weights " + url in message and SHA in message and "0" * 64 in message
+        assert f"{entry}.sha256-{SHA}" in message and "remove" in message
+    assert len(weights_server.gets("model.pkl")) == 1
+    assert not entry.exists()
+    assert fetch(url, SHA).read_bytes() == PAYLOAD  # the corrected checksum: the kept download, verified
+    assert len(weights_server.gets("model.pkl")) == 1 and not list(entry.parent.glob("*.sha256-*"))
+
+
+def test_a_continued_download_of_a_changed_file_starts_over(weights_server):  # noqa: F811
+    url = weights_server.put("model.pth", PAYLOAD)
+    weights_server.cut_after["/model.pth"] = 100_000
+    with pytest.raises(UserError, match="run again to continue it"):
+        fetch(url)
+    new = PAYLOAD[::-1]
+    weights_server.put("model.pth", new)  # the host replaced the file meanwhile: its ETag changed
+    assert fetch(url, hashlib.sha256(new).hexdigest()).read_bytes() == new  # not the old start + the new end
+    assert [r for _, r in weights_server.gets("model.pth")] == [None, "bytes=100000-"]
+
+
+def test_a_server_ignoring_ranges_restarts_the_file(weights_server):  # noqa: F811
+    url = weights_server.put("model.pth", PAYLOAD)
+    weights_server.cut_after["/model.pth"] = 100_000
+    with pytest.raises(UserError, match="stopped after 100000"):
+        fetch(url)
+    weights_server.ignore_range = True  # answers the Range request with the whole file (200)
+    assert fetch(url, SHA).read_bytes() == PAYLOAD
+
+
+def test_a_redirected_download_resumes_at_its_target(weights_server):  # noqa: F811
+    weights_server.put("storage/abc123", PAYLOAD)
+    weights_server.redirect["/releases/model.pt"] = "/storage/abc123"
+    url = f"{weights_server.url}/releases/model.pt"
+    weights_server.cut_after["/storage/abc123"] = 100_000
+    with pytest.raises(UserError, match="stopped after 100000"):
+        fetch(url, SHA)
+    assert fetch(url, SHA) == weights_cache_dir() / "url" / url.removeprefix("http://")
+    assert weights_server.gets("storage/abc123") == [("/storage/abc123", None), ("/storage/abc123", "bytes=100000-")]
+
+
+def test_a_part_that_reached_the_end_is_kept(weights_server):  # noqa: F811
+    """The last bytes arrived but the process died before the file was published: HTTP 416 says it is whole."""
+    url = weights_server.put("model.pth", PAYLOAD)
+    weights_server.cut_after["/model.pth"] = 100_000
+    with pytest.raises(UserError):
+        fetch(url)
+    part = weights_cache_dir() / "url" / (url.removeprefix("http://") + ".part")
+    with open(part, "ab") as out:
+        out.write(PAYLOAD[100_000:])
+    assert fetch(url, SHA).read_bytes() == PAYLOAD
+    assert weights_server.gets("model.pth")[-1] == ("/model.pth", "bytes=300000-")
+
+
+def test_a_body_without_length_cut_short_is_not_taken_as_the_file(weights_server):  # noqa: F811
+    url = weights_server.put("model.pth", PAYLOAD)
+    weights_server.send_length = False  # the body ends when the connection closes, early or not
+    weights_server.cut_after["/model.pth"] = 100_000
+    with pytest.raises(UserError, match="announced no length"):
+        fetch(url)
+    assert not (weights_cache_dir() / "url" / url.removeprefix("http://")).exists()
+
+
+def test_urls_differing_in_their_query_are_cached_apart(weights_server):  # noqa: F811
+    weights_server.put("model.pth", PAYLOAD)
+    first = fetch(f"{weights_server.url}/model.pth?version=1")
+    second = fetch(f"{weights_server.url}/model.pth?version=2")
+    assert first != second and first.suffix == second.suffix == ".pth"
+    assert first.parent == second.parent == weights_cache_dir() / "url" / weights_server.url.removeprefix("http://")
+    assert fetch(f"{weights_server.url}/model.pth?version=1") == first
+    assert len(weights_server.gets("model.pth?version=1")) == 1 and len(weights_server.gets("model.pth?version=2")) == 1
 
 
 def test_missing_file_and_unreachable_host_say_what_failed(weights_server):  # noqa: F811
@@ -129,15 +198,11 @@ def test_published_names_resolve_like_the_frameworks_own(weights_server, monkeyp
     ("missing/model.pth", "weights missing/model.pth does not exist"),
     ("yolov5su.pt", "weights yolov5su.pt is a yolov5 checkpoint, but faster_rcnn is a detectron2 model"),
     ("detectron2://a/../../etc/passwd", "is not a file path"),
-    ("https:///model.pth", None),  # no host: refused when fetched (below), the boundary fetches nothing
+    ("https:///model.pth", "https:///model.pth is not a download URL"),
+    ("http://h:abc/x.pt", "http://h:abc/x.pt is not a download URL"),
 ])
 def test_bad_weights_settings_fail_at_the_boundary(weights, expected):
     config = {"architecture": "faster_rcnn", "weights": weights}
-    if expected is None:
-        resolve_trial_config(config, "trial.yaml")
-        with pytest.raises(UserError, match="names no host"):
-            fetch(weights)
-        return
     with pytest.raises(UserError) as error:
         resolve_trial_config(config, "trial.yaml")
     assert str(error.value).startswith("trial.yaml: ") and expected in str(error.value)
@@ -149,3 +214,20 @@ def test_resolved_weights_keep_source_and_checksum():
     assert config["weights"] == {"source": "yolov5s.pt", "sha256": SHA}
     assert resolve_trial_config({"architecture": "retinanet", "weights": "detectron2://R-50.pkl",
                                  "hparams": {"norm": "FrozenBN"}}, "t")["weights"]["sha256"] is None
+
+
+def test_a_release_of_another_yolo_scale_is_refused_at_the_boundary():
+    with pytest.raises(UserError) as error:
+        resolve_trial_config({"architecture": "yolov5s", "weights": "yolov5nu.pt"}, "trial.yaml")
+    message = str(error.value)
+    assert message.startswith("trial.yaml: weights yolov5nu.pt holds a yolov5n model, but the architecture is yolov5s")
+    assert "name the yolov5s file" in message
+
+
+def test_a_local_file_named_like_a_release_is_used_whatever_the_trials_directory(tmp_path, monkeypatch):
+    (tmp_path / "yolov5su.pt").write_bytes(PAYLOAD)
+    monkeypatch.chdir(tmp_path)
+    config = resolve_trial_config({"architecture": "yolov5s", "weights": "yolov5su.pt"}, "t")
+    assert config["weights"]["source"] == str(tmp_path / "yolov5su.pt")
+    monkeypatch.chdir("/")  # a Tune trial runs in its own directory
+    assert fetch(config["weights"]["source"], SHA).read_bytes() == PAYLOAD

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from detfuse.core.errors import UserError
 from detfuse.core.numbers import checked_number
-from detfuse.core.weights_source import FORMS, is_remote, parse_weights
+from detfuse.core.weights_source import FORMS, is_remote, is_url, parse_weights, pinned_local_source, url_cache_key
 
 DEFAULTS = {
     "family": None,  # derived from the architecture when absent
@@ -60,18 +60,26 @@ def resolve_trial_config(config, where):
 
 
 def resolve_weights(value, family, architecture, where):
-    """The `weights` setting checked without fetching anything: its shape, that a family's published name belongs
-    to this trial's family, and that a local path exists."""
+    """The `weights` setting checked without fetching anything: its shape, that a URL can be downloaded from, that a
+    family's published name belongs to this trial's family and architecture, and that a local path exists (made
+    absolute: the trial runs elsewhere)."""
     import trainables
 
     spec = parse_weights(value, where)
     if spec is None:
         return None
+    spec = pinned_local_source(spec)
+    if is_url(spec.source):
+        url_cache_key(spec.source, f"{where}: weights")
     owner, named = trainables.named_weights(spec.source, where)
     if owner not in (None, family):
         raise UserError(f"{where}: weights {spec.source} is a {owner} checkpoint, but {architecture} is a {family} "
                         f"model: name a {family} checkpoint, or train a {owner} architecture")
-    if named is None and not is_remote(spec.source) and not Path(spec.source).expanduser().exists():
+    if named is not None and named.architecture not in (None, architecture):
+        raise UserError(f"{where}: weights {spec.source} holds a {named.architecture} model, but the architecture is "
+                        f"{architecture}, of other layer sizes (next to nothing would load): name the "
+                        f"{architecture} file, or train {named.architecture}")
+    if named is None and not is_remote(spec.source) and not Path(spec.source).exists():
         raise UserError(f"{where}: weights {spec.source} does not exist; weights are {FORMS}")
     return spec
 

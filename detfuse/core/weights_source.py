@@ -14,12 +14,18 @@ the name, so a cache can be pre-seeded by copying files there:
 
     $DETFUSE_CACHE/weights/detectron2/<model-zoo path>     detectron2://<model-zoo path>
     $DETFUSE_CACHE/weights/ultralytics/<file>              an Ultralytics release file
-    $DETFUSE_CACHE/weights/url/<host[:port]>/<path>        http(s)://host[:port]/path (the query is not part of it)
+    $DETFUSE_CACHE/weights/url/<host[:port]>/<path>        http(s)://host[:port]/path
+    $DETFUSE_CACHE/weights/url/<host[:port]>/<dir>/<stem>@<q><suffix>    the same with a query (<q>: its sha256's
+                                                           first 8 hex digits), as URLs differing in it may differ
 
 s3:// sources use the S3 cache (detfuse.core.storage.s3.fetch). With a sha256, a download is checked before it
-counts as cached, and every cached, pre-seeded, S3 or local file is checked before a trial uses it.
+counts as cached, and every cached, pre-seeded, S3 or local file is checked before a trial uses it. A download
+with another sha256 is kept beside its entry as `<entry>.sha256-<actual>`: every later trial on the node fails at
+once instead of downloading it again, and correcting weights.sha256 to that value uses it without a download.
 """
 
+import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -50,10 +56,12 @@ class WeightsSpec:
 
 @dataclass(frozen=True)
 class NamedWeights:
-    """A file a family publishes under a name: where to download it, and its path under the weights cache."""
+    """A file a family publishes under a name: where to download it, its path under the weights cache, and the
+    architecture it was trained as when the name says (a release of one YOLO scale loads little into another)."""
 
     url: str
     cache_key: str
+    architecture: str | None = None
 
 
 def parse_weights(value, where) -> WeightsSpec | None:
@@ -95,12 +103,31 @@ def safe_relative_path(path, where) -> str:
 
 
 def url_cache_key(url, where="weights") -> str:
-    """The cache path of a URL's file: url/<host[:port]>/<path>; no credentials, no query."""
+    """The cache path of a URL's file: url/<host[:port]>/<path>, no credentials; a query adds its short hash to
+    the file's stem (keeping the suffix, by which detectron2 tells a .pkl from a .pth)."""
     parts = urlsplit(url)
-    if not parts.hostname:
-        raise UserError(f"{where}: {url} names no host: write it as http(s)://HOST/PATH")
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return f"url/{host}/{safe_relative_path(parts.path, where)}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = None
+    if parts is None or not parts.hostname:
+        raise UserError(f"{where}: {url} is not a download URL (no host, or a port that is not a number): write "
+                        "it as http(s)://HOST[:PORT]/PATH")
+    host = parts.hostname + (f":{port}" if port else "")
+    path = PurePosixPath(safe_relative_path(parts.path, where))
+    if parts.query:
+        path = path.with_stem(f"{path.stem}@{hashlib.sha256(parts.query.encode()).hexdigest()[:8]}")
+    return f"url/{host}/{path}"
+
+
+def pinned_local_source(spec: WeightsSpec) -> WeightsSpec:
+    """`spec` with an existing local path made absolute: trials run in another working directory (Tune's trial
+    directory), and a local file named like a published file (yolov5su.pt) means that file, not the release."""
+    if is_remote(spec.source):
+        return spec
+    path = Path(spec.source).expanduser()
+    return WeightsSpec(str(path.absolute()), spec.sha256) if path.exists() else spec
 
 
 def weights_cache_dir() -> Path:
@@ -114,6 +141,14 @@ class LocalWeights:
 
     path: Path
     label: str
+
+    def unloadable(self, reason) -> UserError:
+        """The error for a file that is not a checkpoint of the trial's family; a downloaded one stays in the cache
+        (every trial would fail on it again), so the message says how to get rid of it."""
+        message = f"{self.label}: {reason}"
+        if self.path.is_relative_to(weights_cache_dir()):
+            message += f"; it was downloaded to {self.path}: remove it on each node to fetch it again"
+        return UserError(message)
 
 
 def local_weights(setting, named_weights, trial) -> LocalWeights:
@@ -136,25 +171,58 @@ def fetch_weights(spec: WeightsSpec, named: NamedWeights | None, where) -> Path:
         path = Path(spec.source).expanduser()
         if not path.exists():
             raise UserError(f"{where}: {spec.source} does not exist on this node; weights are {FORMS}")
-    if spec.sha256 is not None and not path.is_file():
+    if spec.sha256 is not None and path.is_dir():
         raise UserError(f"{where}: weights.sha256 applies to a file, and {path} is a directory: remove the sha256")
     if spec.sha256 is not None:
-        _check_sha256(path, spec, where, fix=f"correct weights.sha256, or remove {path} to fetch it again"
-                      if path.is_relative_to(cache_root()) else "correct weights.sha256 or the file")
+        if path.is_relative_to(weights_cache_dir()):
+            fix = f"correct weights.sha256, or remove {path} on each node to fetch it again"
+        elif is_s3_uri(spec.source):
+            fix = "correct weights.sha256 or the S3 object"
+        else:
+            fix = "correct weights.sha256 or the file"
+        _check_sha256(path, spec, where, fix)
     return path
 
 
 def _download_once(url, cache_key, spec, where) -> Path:
-    def write(part):
-        download_into(url, part, where)
-        actual = None if spec.sha256 is None else sha256_of(part)
-        if actual != spec.sha256:
-            part.unlink()  # a wrong file is not continued next time
-            raise UserError(f"{where}: the file downloaded from {url} has sha256 {actual}, not the expected "
-                            f"{spec.sha256}; it was discarded. Check weights.sha256 and the URL (a mirror serving "
-                            "another file?)")
+    entry = weights_cache_dir() / cache_key
 
-    return file_once(weights_cache_dir() / cache_key, write)
+    def write(part):
+        if spec.sha256 is not None and _reuse_rejected(entry, part, url, spec, where):
+            return
+        resumed = download_into(url, part, where)
+        if spec.sha256 is None:
+            return
+        actual = sha256_of(part)
+        if actual != spec.sha256 and resumed:  # pieces of two attempts may mix two files: once more, whole
+            part.unlink()
+            download_into(url, part, where)
+            actual = sha256_of(part)
+        if actual != spec.sha256:
+            rejected = entry.with_name(f"{entry.name}.sha256-{actual}")
+            os.replace(part, rejected)
+            raise UserError(f"{where}: the file downloaded from {url} has sha256 {actual}, not the expected "
+                            f"{spec.sha256}. Check weights.sha256 and the URL (a mirror serving another file?). "
+                            f"It is kept as {rejected}, so trials fail at once instead of downloading it again; "
+                            "remove it on each node to download again")
+
+    return file_once(entry, write)
+
+
+def _reuse_rejected(entry, part, url, spec, where) -> bool:
+    """Use an earlier download kept for having another sha256: it becomes `part` when it has the expected one
+    now (weights.sha256 was corrected); otherwise fail without downloading the same file again."""
+    kept = entry.with_name(f"{entry.name}.sha256-{spec.sha256}")
+    if kept.is_file():
+        os.replace(kept, part)
+        return True
+    rejected = next(iter(sorted(entry.parent.glob(f"{entry.name}.sha256-*"))), None)
+    if rejected is not None:
+        actual = rejected.name.rsplit("-", 1)[1]
+        raise UserError(f"{where}: the file downloaded from {url} has sha256 {actual}, not the expected "
+                        f"{spec.sha256}: correct weights.sha256, or if the server's file changed since, remove "
+                        f"{rejected} on each node to download it again")
+    return False
 
 
 def _check_sha256(path, spec, where, fix):

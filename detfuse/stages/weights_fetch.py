@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 import trainables
 from detfuse.core.errors import UserError
 from detfuse.core.storage.store import open_store, sha256_of
-from detfuse.core.weights_source import fetch_weights, is_url, parse_weights, url_cache_key
+from detfuse.core.weights_source import fetch_weights, is_url, parse_weights, pinned_local_source, url_cache_key
 
 
 def staged_key(source, named):
@@ -33,15 +33,20 @@ def run_weights_fetch(names, destination, sha256s=(), settings=None, stream=None
         raise UserError(f"--sha256 was given {len(sha256s)} times for {len(names)} names: give one per NAME, in "
                         "the same order, or none")
     store = open_store(destination, settings)
+    by_file_name = {}  # key -> the local file or S3 object staged there in this run
     for name, sha256 in zip(names, sha256s or [None] * len(names)):
         where = f"detfuse weights fetch {name}"
-        spec = parse_weights({"source": name, "sha256": sha256}, where)
+        spec = pinned_local_source(parse_weights({"source": name, "sha256": sha256}, where))
         family, named = trainables.named_weights(spec.source, where)
+        key = staged_key(spec.source, named)
+        if named is None and not is_url(spec.source) and by_file_name.setdefault(key, spec.source) != spec.source:
+            raise UserError(f"{where}: it would be staged as {key}, where {by_file_name[key]} goes: local files and "
+                            "S3 objects are staged under their file name; stage them in separate runs to different "
+                            "destinations, or rename one")
         path = fetch_weights(spec, named, where)
         if not path.is_file():
             raise UserError(f"{where}: {path} is a directory; name a weights file")
         digest = spec.sha256 or sha256_of(path)
-        key = staged_key(spec.source, named)
         if not store.matches(key, path.stat().st_size, digest):
             store.put(path, key, digest)
         print(f"# {name}" + (f" ({family} family)" if family else ""), file=stream)

@@ -281,8 +281,8 @@ def _load_weights(model, weights):
         checkpoint = checkpointer._load_file(str(weights.path))  # the format-aware halves of checkpointer.load()
         incompatible = checkpointer._load_model(checkpoint)
     except Exception as error:  # a corrupt or foreign file: say which one, not where in torch it broke
-        raise UserError(f"{weights.label}: not a detectron2 checkpoint ({type(error).__name__}: {error}); use a "
-                        "detectron2 model-zoo .pkl, a detectron2 .pth or an ImageNet backbone .pkl") from None
+        raise weights.unloadable(f"not a detectron2 checkpoint ({type(error).__name__}: {error}); use a detectron2 "
+                                 "model-zoo .pkl, a detectron2 .pth or an ImageNet backbone .pkl") from None
     print(describe_load(weights.label, model.state_dict(), incompatible), file=sys.stderr, flush=True)
 
 

@@ -1,7 +1,9 @@
 """Ultralytics release files by name: `yolov5su.pt` is the file of that name in the ultralytics/assets GitHub
 release that the pinned ultralytics (8.4.190) downloads its own assets from, as its `attempt_download_asset`
 resolves it. Legacy YOLOv5 names mean their YOLOv5u files (yolov5s.pt -> yolov5su.pt), as in Ultralytics: the
-family builds YOLOv5u models. A local file of that name wins, as in Ultralytics.
+family builds YOLOv5u models. Each release holds one scale (yolov5su.pt: yolov5s), and is refused for another:
+its layers have other widths and depths, so next to nothing would load. A local file of that name wins, as in
+Ultralytics: trials' configs name it by its absolute path (trainables.trial_config), which is not a release name.
 
 $DETFUSE_ULTRALYTICS_ASSETS_URL replaces the release's base URL (tag included), for a mirror inside an
 air-gapped network; the cache path stays ultralytics/<file>. Importing this module does not import ultralytics.
@@ -9,7 +11,6 @@ air-gapped network; the cache path stays ultralytics/<file>. Importing this modu
 
 import os
 import re
-from pathlib import Path
 
 from detfuse.core.weights_source import NamedWeights
 
@@ -19,10 +20,11 @@ RELEASE_NAME = re.compile(r"yolov5([nsmlx])u?\.pt")
 
 
 def named_weights(source, where):
-    """The release file `source` names, or None when it is not a YOLOv5u release name (or is a local file)."""
+    """The release file `source` names, or None when it is not a YOLOv5u release name."""
     match = RELEASE_NAME.fullmatch(source)
-    if match is None or Path(source).exists():
+    if match is None:
         return None
     name = f"yolov5{match.group(1)}u.pt"
     base = os.environ.get(ASSETS_URL_VARIABLE) or ASSETS_URL
-    return NamedWeights(url=base.rstrip("/") + "/" + name, cache_key=f"ultralytics/{name}")
+    return NamedWeights(url=base.rstrip("/") + "/" + name, cache_key=f"ultralytics/{name}",
+                        architecture=f"yolov5{match.group(1)}")

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from detfuse.core import trial_link
-from detfuse.core.errors import UserError
 from trainables.yolov5 import checkpoint, environment
 from detfuse.core.weights_source import local_weights
 from trainables.yolov5.adapter import ARCHITECTURES
@@ -95,14 +94,26 @@ def _initial_weights(setting):
         model = build_model(meta["architecture"], len(meta["class_names"]))
         model.load_state_dict(checkpoint.read_weights(path))
         return InitialWeights(model, weights.label)
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)  # Ultralytics pickles its modules
-    except Exception as error:
-        raise UserError(f"{weights.label}: not a readable PyTorch file ({error})") from None
-    model = None
-    if isinstance(saved, dict):
-        model = saved["ema"] if saved.get("ema") is not None else saved.get("model")
+    saved = _load_release_file(path, weights)
+    model = saved["ema"] if saved.get("ema") is not None else saved.get("model")
     if not isinstance(model, torch.nn.Module):
-        raise UserError(f"{weights.label}: not an Ultralytics checkpoint (a dict with a 'model' or 'ema' module) "
-                        "nor a detfuse yolov5 checkpoint directory")
+        raise weights.unloadable("not an Ultralytics checkpoint (a dict with a 'model' or 'ema' module) nor a "
+                                 "detfuse yolov5 checkpoint directory")
     return InitialWeights(model.float(), weights.label)
+
+
+def _load_release_file(path, weights):
+    """An Ultralytics .pt file read as Ultralytics reads its own (`torch_safe_load`: module paths of older
+    releases mapped to today's). Read through a link named weights.pt: torch_safe_load downloads a release in place
+    of a path it takes for a legacy YOLOv5 name (.../yolov5s.pt with no 'u' in the path), and accepts only .pt."""
+    environment.configure()
+    from ultralytics.nn.tasks import torch_safe_load
+
+    with tempfile.TemporaryDirectory(prefix="detfuse-yolov5-weights-") as directory:
+        link = Path(directory) / "weights.pt"
+        link.symlink_to(path.absolute())
+        try:
+            saved, _ = torch_safe_load(str(link))
+        except Exception as error:  # a corrupt or foreign file: say which one, not where in torch it broke
+            raise weights.unloadable(f"not an Ultralytics checkpoint ({type(error).__name__}: {error})") from None
+    return saved
