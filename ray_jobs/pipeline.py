@@ -1,4 +1,4 @@
-"""`ray submit cluster.yaml ray_jobs/pipeline.py -- ARGS`: tune -> ensemble -> export in one job (`detfuse pipeline`), as a script.
+"""`ray submit cluster.yaml ray_jobs/pipeline.py -- ARGS`: tune -> ensemble -> export -> report in one job (`detfuse pipeline`), as a script.
 
 The same as `detfuse pipeline ARGS`; the logic lives in detfuse/stages/pipeline.py.
 """

@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 from detectron2_trials import d2_cache, tiny_dataset, trial_config  # noqa: F401  (fixtures)
+from local_runs import train_reporting_to
 
 from detfuse.core import trial_link
 from detfuse.core.data import load_dataset
 from detfuse.core.evaluation import Prediction, evaluate
 from s3_uploads import upload_file
-from trainables.detectron2 import checkpoints, load_predictor, train
+from trainables.detectron2 import checkpoints, load_predictor
 
 
 class Interrupted(Exception):
@@ -32,19 +33,10 @@ class InterruptedRun(trial_link.LocalRun):
             raise Interrupted
 
 
-def run_trial(run, config):
-    trial_link.use_local_run(run)
-    try:
-        train(config)
-    finally:
-        trial_link.use_local_run(None)
-    return [json.loads(line) for line in run.metrics_log.read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def learned_run(d2_cache, tmp_path_factory):  # noqa: F811
     run = trial_link.LocalRun(tmp_path_factory.mktemp("faster-rcnn"), keep=4)
-    return run, run_trial(run, trial_config("faster_rcnn", max_epochs=2.0, eval_every=0.5))
+    return run, train_reporting_to(run, trial_config("faster_rcnn", max_epochs=2.0, eval_every=0.5))
 
 
 def test_faster_rcnn_learns_the_builtin_set(learned_run):
@@ -86,7 +78,7 @@ def test_checkpoint_loads_without_pickle_and_predicts_what_was_reported(learned_
 def test_architecture_trains_end_to_end(architecture, tiny_dataset, tmp_path, d2_cache):  # noqa: F811
     # 12 images, batch 4: three iterations, one evaluation
     run = trial_link.LocalRun(tmp_path)
-    [report] = run_trial(run, trial_config(architecture, tiny_dataset, max_epochs=1.0))
+    [report] = train_reporting_to(run, trial_config(architecture, tiny_dataset, max_epochs=1.0))
     assert (report["epoch"], report["iteration"]) == (1.0, 3)
     assert math.isfinite(report["loss"]) and 0.0 <= report["mAP50"] <= 1.0
     meta = checkpoints.read_meta(run.latest_checkpoint())
@@ -99,7 +91,7 @@ def test_architecture_trains_end_to_end(architecture, tiny_dataset, tmp_path, d2
 
 def test_weights_from_s3(tiny_dataset, tmp_path, s3_bucket, d2_cache):  # noqa: F811
     source = trial_link.LocalRun(tmp_path / "source")
-    run_trial(source, trial_config("retinanet", tiny_dataset, max_epochs=1.0))
+    train_reporting_to(source, trial_config("retinanet", tiny_dataset, max_epochs=1.0))
     trained = checkpoints.read_model_state(source.latest_checkpoint())
     upload_file(source.latest_checkpoint() / checkpoints.MODEL_FILE, f"s3://{s3_bucket}/weights/retinanet.pth")
 
@@ -107,13 +99,13 @@ def test_weights_from_s3(tiny_dataset, tmp_path, s3_bucket, d2_cache):  # noqa: 
     config = {**trial_config("retinanet", tiny_dataset, max_epochs=1 / 3, lr=1e-7),
               "weights": {"source": f"s3://{s3_bucket}/weights/retinanet.pth", "sha256": None}, "seed": 5}
     target = trial_link.LocalRun(tmp_path / "target")
-    run_trial(target, config)
+    train_reporting_to(target, config)
     loaded = checkpoints.read_model_state(target.latest_checkpoint())
     differences = [(loaded[k] - trained[k]).abs().max().item() for k in trained]
     assert max(differences) < 1e-5
 
     fresh = trial_link.LocalRun(tmp_path / "fresh")
-    run_trial(fresh, {**config, "weights": None})
+    train_reporting_to(fresh, {**config, "weights": None})
     unloaded = checkpoints.read_model_state(fresh.latest_checkpoint())
     assert max((unloaded[k] - trained[k]).abs().max().item() for k in trained) > 1e-2
 
@@ -123,12 +115,12 @@ def test_stopped_trial_resumes_exactly(tiny_dataset, tmp_path, d2_cache):  # noq
     config = trial_config("faster_rcnn", tiny_dataset, max_epochs=1.0, eval_every=1 / 3, batch_size=2,
                           repeat_threshold=0.5)
     straight = trial_link.LocalRun(tmp_path / "straight", keep=10)
-    straight_reports = run_trial(straight, config)
+    straight_reports = train_reporting_to(straight, config)
 
     with pytest.raises(Interrupted):
-        run_trial(InterruptedRun(tmp_path / "resumed", iteration=2), config)
+        train_reporting_to(InterruptedRun(tmp_path / "resumed", iteration=2), config)
     resumed = trial_link.LocalRun(tmp_path / "resumed", keep=10)
-    resumed_reports = run_trial(resumed, config)
+    resumed_reports = train_reporting_to(resumed, config)
 
     assert [r["iteration"] for r in straight_reports] == [2, 4, 6]
     assert [r["iteration"] for r in resumed_reports] == [2, 4, 6]  # one report before the stop, two after

@@ -7,28 +7,20 @@ import shutil
 import pytest
 import torch
 from yolov5_trials import trial_config, yolo_cache  # noqa: F401  (fixture)
+from local_runs import train_reporting_to
 
 from detfuse.core import trial_link
 from detfuse.core.data import load_dataset
 from detfuse.core.evaluation import Prediction, evaluate
-from trainables.yolov5 import checkpoint, load_predictor, train
+from trainables.yolov5 import checkpoint, load_predictor
 
 EPOCHS = 3
-
-
-def run_trial(run, config):
-    trial_link.use_local_run(run)
-    try:
-        train(config)
-    finally:
-        trial_link.use_local_run(None)
-    return [json.loads(line) for line in run.metrics_log.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
 def straight_run(yolo_cache, tmp_path_factory):  # noqa: F811
     run = trial_link.LocalRun(tmp_path_factory.mktemp("straight"), keep=EPOCHS)
-    return run, run_trial(run, trial_config(EPOCHS))
+    return run, train_reporting_to(run, trial_config(EPOCHS))
 
 
 def test_trial_learns_and_reports_a_checkpoint_every_epoch(straight_run):
@@ -54,7 +46,7 @@ def test_trial_resumes_exactly_from_a_checkpoint(straight_run, tmp_path):
     reported = straight.metrics_log.read_text().splitlines(keepends=True)[:2]
     (tmp_path / straight.metrics_log.name).write_text("".join(reported))
     resumed = trial_link.LocalRun(tmp_path, keep=EPOCHS)
-    reports = run_trial(resumed, trial_config(EPOCHS))[2:]
+    reports = train_reporting_to(resumed, trial_config(EPOCHS))[2:]
     assert [r["epoch"] for r in reports] == [3.0]  # it went on with epoch 3, not from the start
 
     # model, EMA, optimizer, scheduler, data order and RNG came back: all match the uninterrupted trial
@@ -71,7 +63,7 @@ def test_trial_resumes_exactly_from_a_checkpoint(straight_run, tmp_path):
     assert reports[0]["mAP50"] == straight_reports[-1]["mAP50"] and reports[0]["lr"] == straight_reports[-1]["lr"]
 
     # a trial whose checkpoint already holds the last epoch has nothing left to do
-    assert run_trial(resumed, trial_config(EPOCHS))[2:] == reports
+    assert train_reporting_to(resumed, trial_config(EPOCHS))[2:] == reports
 
 
 def test_checkpoint_predictor_scores_what_the_trial_reported(straight_run):
