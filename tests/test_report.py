@@ -3,12 +3,15 @@ which charts a partial experiment gets, that a rerun rewrites the same files, an
 The report of a real tiny run of both families: tests/test_ensemble_job.py."""
 
 import json
+import re
 
 import pytest
 from headless_browser import render, screenshot
 
 from detfuse.stages.cli import main
 from detfuse.stages.report import read_records, write_report
+from detfuse.stages.report_charts import draw_charts
+from detfuse.stages.report_page import render_page
 
 LR = {"range": [0.001, 0.1], "log": True}
 SPACES = [{"space": "faster_rcnn", "family": "detectron2", "architecture": "faster_rcnn", "searched": {"lr": LR},
@@ -99,3 +102,18 @@ def test_an_experiment_without_leaderboard_is_explained(tmp_path, capsys):
     (tmp_path / "bad" / "leaderboard.json").write_text('{"trials": 1}')
     assert main(["report", str(tmp_path / "bad")]) == 2
     assert "expected a list of trial rows with trial_id and path" in capsys.readouterr().err
+
+
+def test_the_browser_check_reports_a_cut_short_chart_as_not_rendered(tuned, chromium, tmp_path):
+    """A browser knows an image's size from the PNG header alone: a chart whose data stops early must still count
+    as not rendered, the others as rendered."""
+    records = read_records(str(tuned))
+    charts = draw_charts(records)
+    charts["compute"] = charts["compute"][:len(charts["compute"]) // 2]
+    page = tmp_path / "cut.html"
+    page.write_text(render_page(records, charts))
+
+    shown = render(chromium, page, tmp_path / "profile")
+    assert 'data-charts-rendered="2/3"' in shown.dom
+    marks = dict(re.findall(r'<img class="chart" id="chart-(\w+)"[^>]*data-rendered="(\w+)"', shown.dom))
+    assert marks == {"learning_curves": "yes", "hyperparameters": "yes", "compute": "no"}

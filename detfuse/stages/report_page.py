@@ -1,8 +1,9 @@
 """The report as one self-contained HTML page: styles, the charts (PNG data URIs) and a few lines of script
 inline, nothing fetched when it is opened, so it can be mailed, archived or opened offline.
 
-The script only marks each chart once the browser has decoded it (`data-rendered="yes"` on the image, and
-`data-charts-rendered="N/M"` on the body): a headless browser's DOM then proves every chart rendered.
+The script marks each chart once the browser has decoded and drawn all of it (`data-rendered="yes"` on the image,
+"no" when it failed or was cut short, and `data-charts-rendered="N/M"` on the body): a headless browser's DOM then
+proves every chart rendered.
 """
 
 import base64
@@ -27,9 +28,25 @@ SCRIPT = """
     charts.forEach(function (img) { if (img.dataset.rendered === "yes") rendered += 1; });
     document.body.dataset.chartsRendered = rendered + "/" + charts.length;
   }
+  // A chart counts as rendered when its last row of pixels was drawn: the browser knows an image's size from the
+  // PNG header alone, and the rows a cut-short file never reached stay transparent. The charts are opaque PNGs.
+  function lastRowDrawn(img) {
+    if (img.naturalWidth === 0) return false;
+    var canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    var context = canvas.getContext("2d");
+    context.drawImage(img, 0, 0);
+    var row = context.getImageData(0, img.naturalHeight - 1, img.naturalWidth, 1).data;
+    for (var alpha = 3; alpha < row.length; alpha += 4) { if (row[alpha] === 0) return false; }
+    return true;
+  }
   charts.forEach(function (img) {
-    function mark() { img.dataset.rendered = img.naturalWidth > 0 ? "yes" : "no"; update(); }
-    if (img.complete) { mark(); } else { img.addEventListener("load", mark); img.addEventListener("error", mark); }
+    // drawImage decodes a loaded image at once (img.decode() would finish after a headless browser's dump)
+    function mark() { img.dataset.rendered = lastRowDrawn(img) ? "yes" : "no"; update(); }
+    function failed() { img.dataset.rendered = "no"; update(); }
+    if (img.complete) { if (img.naturalWidth > 0) { mark(); } else { failed(); } }
+    else { img.addEventListener("load", mark); img.addEventListener("error", failed); }
   });
   update();
 })();
