@@ -16,7 +16,7 @@ import trainables
 from detfuse.core.storage import experiment_storage
 from detfuse.core.errors import UserError
 from detfuse.stages.experiment import load_experiment
-from detfuse.stages.leaderboard import build_leaderboard, top_per_family, write_leaderboard
+from detfuse.stages.leaderboard import build_leaderboard, saved_statuses, top_per_family, write_leaderboard
 from detfuse.stages.family_scheduler import PerFamilyASHA
 from detfuse.stages.searcher import MultiSpaceSearcher
 from detfuse.stages.status_table import StatusTable
@@ -206,8 +206,14 @@ def tune_experiment(experiment, resume=False, verbose=False):
     else:
         tuner = new_tuner(experiment, verbose)
     results = tuner.fit()
-    rows = build_leaderboard(results, experiment.storage)
+    rows = build_leaderboard(results, experiment.storage, saved_statuses(experiment.uri))
     print_summary(rows, write_leaderboard(rows, experiment.uri))
+    interrupted = [r["trial_id"] for r in rows if r["interrupted"]]
+    if interrupted:  # fit() returns normally after Ctrl-C or SIGUSR1: the search is not finished
+        print(f"\nthe search was stopped before {len(interrupted)} trial(s) finished ({', '.join(interrupted)}); "
+              f"continue it: run the same `detfuse tune` command with --resume (or the same `detfuse pipeline` command)",
+              file=sys.stderr, flush=True)
+        return 130
     return 0 if any(r["checkpoint"] for r in rows) else 1
 
 
