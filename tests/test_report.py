@@ -6,12 +6,14 @@ import html
 import json
 import os
 import re
+from types import SimpleNamespace
 
 import pytest
 from headless_browser import render, screenshot
 
 from detfuse.stages.cli import main
-from detfuse.stages.report import read_records, write_report
+from detfuse.stages.pipeline import report_stage
+from detfuse.stages.report import read_records, run_report, write_report
 from detfuse.stages.report_charts import draw_charts
 from detfuse.stages.report_page import render_page
 
@@ -228,3 +230,19 @@ def test_user_text_with_dollar_signs_is_drawn_as_written_and_per_class_ap50_is_a
         (c, summary["best_per_family"]["detectron2"]["per_class_AP50"]["val/cross-fitted"][c],
          summary["best_per_family"]["yolov5"]["per_class_AP50"]["val/cross-fitted"][c],
          summary["cross_family"]["per_class_AP50"]["val/cross-fitted"][c]) for c in classes]
+
+
+def test_a_failed_report_stage_warns_with_the_command_and_leaves_the_pipeline_resumable(tuned, capsys):
+    """The report is the pipeline's last stage, a view of results already complete: its failure is a warning
+    naming `detfuse report`, and no marker is written, so running the pipeline again retries the report."""
+    experiment = SimpleNamespace(uri=str(tuned))
+
+    def broken_report(uri):
+        raise ValueError("Unknown symbol: \\frac")
+
+    warning = report_stage(experiment, broken_report)
+    assert f"Write the report with `detfuse report {tuned}`" in warning
+    assert "ValueError: Unknown symbol" in warning and warning in capsys.readouterr().err
+    assert not (tuned / "pipeline" / "report.json").exists()
+    assert report_stage(experiment, run_report) is None
+    assert (tuned / "pipeline" / "report.json").exists() and (tuned / "report" / "report.html").exists()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from detfuse.core.errors import UserError
 from detfuse.core.storage import experiment_storage
-from detfuse.stages.pipeline import STAGES
+from detfuse.stages.stage_markers import STAGES, stage_seconds
 
 
 
@@ -221,19 +221,8 @@ def read_records(experiment_uri):
     return ExperimentRecords(
         uri=experiment_uri, name=(experiment_json or {}).get("name") or experiment_uri.rstrip("/").rsplit("/", 1)[-1],
         trials=trials, searched=_searched(experiment_json, trials), summary=summary,
-        stage_seconds=_stage_seconds(experiment_uri))
-
-
-def _stage_seconds(experiment_uri):
-    """Wall seconds of the pipeline stages before this report, from their markers (stage_marker): the report's
-    own is not known while it runs, and showing a previous run's would make a rerun's page differ."""
-    seconds = {}
-    for stage in STAGES[:STAGES.index("report")]:
-        marker = experiment_storage.join(experiment_uri, "pipeline", f"{stage}.json")
-        if experiment_storage.exists(marker):
-            record = experiment_storage.read_json(marker)
-            seconds[stage] = record["finished"] - record["started"]
-    return seconds
+        # the report's own time is not known while it runs (a previous run's would make a rerun's page differ)
+        stage_seconds=stage_seconds(experiment_uri, STAGES[:STAGES.index("report")]))
 
 
 def default_report_uri(experiment_uri):
