@@ -82,7 +82,7 @@ def test_top_k_per_family():
 
 
 def test_an_experiment_without_leaderboard_is_explained(tmp_path):
-    with pytest.raises(UserError, match="leaderboard.json does not exist: EXPERIMENT is <storage>/<name>"):
+    with pytest.raises(UserError, match="leaderboard.json does not exist: the experiment is <storage>/<name>"):
         run_ensemble(str(tmp_path))
 
 

@@ -6,7 +6,9 @@ family, architecture, hyperparameters, the best mAP50, its epoch and the URI of 
 
 import json
 import math
+from pathlib import Path
 
+from detfuse.core.errors import UserError
 from detfuse.core.storage import experiment_storage
 
 METRIC = "mAP50"
@@ -67,6 +69,18 @@ def build_leaderboard(result_grid, storage, statuses):
     rows = [trial_row(result, storage, statuses.get(result.path.rstrip("/").rsplit("/", 1)[-1], "TERMINATED"))
             for result in result_grid]
     return sorted(rows, key=lambda r: -1.0 if r["best_mAP50"] is None else r["best_mAP50"], reverse=True)
+
+
+def tuned_experiment(experiment_uri):
+    """(the experiment's URI, local paths made absolute; its leaderboard.json URI) for a stage that reads a tuned
+    experiment; a UserError naming the missing file when `detfuse tune` has not finished there."""
+    if not experiment_uri.startswith("s3://"):
+        experiment_uri = str(Path(experiment_uri).expanduser().resolve())
+    leaderboard_uri = experiment_storage.join(experiment_uri, "leaderboard.json")
+    if not experiment_storage.exists(leaderboard_uri):
+        raise UserError(f"{leaderboard_uri} does not exist: the experiment is <storage>/<name> of one "
+                        f"whose `detfuse tune` (or pipeline tune stage) has finished")
+    return experiment_uri, leaderboard_uri
 
 
 def write_leaderboard(rows, experiment_uri):

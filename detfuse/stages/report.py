@@ -19,6 +19,7 @@ from pathlib import Path
 
 from detfuse.core.errors import UserError
 from detfuse.core.storage import experiment_storage
+from detfuse.stages.leaderboard import tuned_experiment
 from detfuse.stages.stage_markers import STAGES, stage_seconds
 
 
@@ -190,12 +191,7 @@ def _searched(experiment_json, trials):
 
 def read_records(experiment_uri):
     """The ExperimentRecords of the experiment at `experiment_uri` (<storage>/<name>, local or s3://)."""
-    if not experiment_uri.startswith("s3://"):
-        experiment_uri = str(Path(experiment_uri).expanduser().resolve())
-    leaderboard_uri = experiment_storage.join(experiment_uri, "leaderboard.json")
-    if not experiment_storage.exists(leaderboard_uri):
-        raise UserError(f"{leaderboard_uri} does not exist: EXPERIMENT_URI is <storage>/<name> of an experiment "
-                        f"whose `detfuse tune` (or pipeline tune stage) has finished")
+    experiment_uri, leaderboard_uri = tuned_experiment(experiment_uri)
     rows = experiment_storage.read_json(leaderboard_uri, "it is written by `detfuse tune`")
     if not isinstance(rows, list) or not all(isinstance(r, dict) and {"trial_id", "path"} <= set(r) for r in rows):
         raise UserError(f"{leaderboard_uri}: expected a list of trial rows with trial_id and path, as "
