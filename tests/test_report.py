@@ -18,11 +18,9 @@ from detfuse.stages.report_charts import draw_charts
 from detfuse.stages.report_page import render_page
 
 LR = {"range": [0.001, 0.1], "log": True}
-SPACES = [{"space": "faster_rcnn", "family": "detectron2", "architecture": "faster_rcnn", "searched": {"lr": LR},
-           "max_epochs": 4.0, "grace_epochs": 1.0, "num_samples": 1, "resources": {"cpu": 4, "gpu": 1}},
-          {"space": "yolov5n", "family": "yolov5", "architecture": "yolov5n",
-           "searched": {"lr": LR, "optimizer": {"choice": ["sgd", "adamw", "adam"]}},
-           "max_epochs": 4.0, "grace_epochs": 1.0, "num_samples": 2, "resources": {"cpu": 2, "gpu": 0.5}}]
+SPACES = [{"space": "faster_rcnn", "architecture": "faster_rcnn", "searched": {"lr": LR}},
+          {"space": "yolov5n", "architecture": "yolov5n",
+           "searched": {"lr": LR, "optimizer": {"choice": ["sgd", "adamw", "adam"]}}}]
 
 
 def trial(storage, name, family, architecture, hparams, curve, seconds_per_epoch, resources, startup=0.0,

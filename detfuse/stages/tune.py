@@ -94,13 +94,11 @@ def new_tuner(experiment, verbose):
 
 
 def space_record(entry):
-    """What `detfuse report` needs of a search space: which hyperparameters were searched, over what values, on
-    what budget. Each searched name maps to {"choice": [values]} or {"range": [low, high], "log": bool}."""
+    """What `detfuse report` needs of a search space: which hyperparameters its architecture searched, over what
+    values. Each searched name maps to {"choice": [values]} or {"range": [low, high], "log": bool}."""
     space = entry.space
-    return {"space": space.name, "family": space.family, "architecture": space.architecture,
-            "searched": {name: domain_record(space.space[name]) for name in sorted(space.space)},
-            "max_epochs": space.max_epochs, "grace_epochs": space.grace_epochs,
-            "num_samples": entry.num_samples, "resources": entry.settings["resources"]}
+    return {"space": space.name, "architecture": space.architecture,
+            "searched": {name: domain_record(space.space[name]) for name in sorted(space.space)}}
 
 
 def domain_record(domain):
