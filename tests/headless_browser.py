@@ -1,4 +1,5 @@
-"""A real browser for tests of pages: Debian's headless Chromium, installed in setup when missing (CI runs as root).
+"""A real browser for tests of pages: Debian's headless Chromium, installed in setup when missing (CI runs as root;
+with CI set, a browser that cannot be had fails the tests instead of skipping them).
 
 `render(page)` opens a local HTML file the way a user's browser does and returns its DOM after the page's scripts
 ran, with every message the page wrote to the console (a script error is one); `screenshot` saves what it shows.
@@ -23,19 +24,28 @@ def _install_chromium():
     if os.geteuid() != 0:
         return "chromium is not installed and installing it needs root (apt-get install chromium)"
     environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "chromium"]):
-        done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
-        if command[1] == "install" and done.returncode == 0:
+    # apt's own network timeout per connection, and a bound on each command: the index, then chromium's ~100 MB
+    network = ["-o", "Acquire::http::Timeout=30", "-o", "Acquire::Retries=2"]
+    for command, limit in ((["apt-get", *network, "install", "-y", "-q", "chromium"], 600),
+                           (["apt-get", *network, "update", "-q"], 300),
+                           (["apt-get", *network, "install", "-y", "-q", "chromium"], 600)):
+        try:
+            done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=limit)
+        except subprocess.TimeoutExpired:
+            return f"{' '.join(command)} took over {limit} s"
+        if "install" in command and done.returncode == 0:
             return None
     return f"apt-get install chromium failed: {done.stderr.strip()[-500:]}"
 
 
 @pytest.fixture(scope="session")
 def chromium():
-    """The path of a headless-capable Chromium; installed from Debian when missing, else the test is skipped."""
+    """The path of a headless-capable Chromium; installed from Debian when missing, else the test is skipped, or
+    fails when the environment variable CI is set (.ci/run sets it): CI must not pass without the browser checks."""
     if shutil.which("chromium") is None:
         reason = _install_chromium()
+        if reason and os.environ.get("CI"):
+            pytest.fail(f"CI is set and no chromium could be had: {reason}")
         if reason:
             pytest.skip(reason)
     return shutil.which("chromium")

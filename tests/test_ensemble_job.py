@@ -82,7 +82,7 @@ def test_top_k_per_family():
 
 
 def test_an_experiment_without_leaderboard_is_explained(tmp_path):
-    with pytest.raises(UserError, match="leaderboard.json does not exist: EXPERIMENT is <storage>/<name>"):
+    with pytest.raises(UserError, match="leaderboard.json does not exist: the experiment is <storage>/<name>"):
         run_ensemble(str(tmp_path))
 
 
@@ -434,6 +434,15 @@ def test_report_of_the_tiny_run_renders_every_chart_in_a_browser(experiment, chr
         assert f"<td>{row['trial_id']}</td><td>{row['family']}</td>" in shown.dom
     assert f"best single model, {label}: <b>{summary['best_single']['mAP50'][label]:.4f}</b>" in shown.dom
     assert f"cross-family ensemble gain: <b>{summary['gains']['cross_family_over_best_single']:+.4f}</b>" in shown.dom
+    # per-class AP50 as a table: summary.json's numbers of each family's best model and of the ensemble
+    table = re.search(r'<table id="per-class-ap50">(.*?)</table>', shown.dom).group(1)
+    columns = [entry["per_class_AP50"][label] for _, entry in sorted(summary["best_per_family"].items())]
+    columns.append(summary["cross_family"]["per_class_AP50"][label])
+    cells = re.findall(r"<tr><td>([^<]*)</td>((?:<td class=\"num\">[^<]*</td>)+)</tr>", table)
+    assert [name for name, _ in cells] == list(dict.fromkeys(c for column in columns for c in column))
+    for name, numbers in cells:
+        shown_numbers = re.findall(r'<td class="num">([^<]*)</td>', numbers)
+        assert shown_numbers == [f"{column[name]:.4f}" if name in column else "-" for column in columns]
     # the hyperparameters each space searched, as experiment.json records them (the demo's spaces)
     assert ", optimizer=" in shown.dom and ", weight_decay=" in shown.dom
     shot = screenshot(chromium, page, tmp_path / "profile", tmp_path / "report.png")

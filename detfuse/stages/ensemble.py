@@ -62,7 +62,6 @@ import json
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import ray
 
@@ -72,7 +71,7 @@ from detfuse.stages.ensemble_outputs import coco_results, fusion_document, submi
 from detfuse.core.errors import UserError
 from detfuse.core.fusion import METHODS, FusionInputs
 from detfuse.core.fusion_fit import fit_ensemble
-from detfuse.stages.leaderboard import read_leaderboard, top_per_family
+from detfuse.stages.leaderboard import read_leaderboard, top_per_family, tuned_experiment
 from detfuse.stages.member_predictions import (DEFAULT_TTA, Member, as_predictions, cache_key, cache_uri, predict_member,
                                         read_cached, read_checkpoint_meta, with_tta, write_cached)
 from detfuse.stages.cluster import connect
@@ -252,12 +251,7 @@ def run_ensemble(experiment_uri, top=DEFAULT_TOP, top_per_family=None, method="w
     started = time.perf_counter()
     if method not in METHODS:
         raise UserError(f"--method {method}: valid methods are {', '.join(METHODS)}")
-    if not experiment_uri.startswith("s3://"):
-        experiment_uri = str(Path(experiment_uri).expanduser().resolve())
-    leaderboard_uri = experiment_storage.join(experiment_uri, "leaderboard.json")
-    if not experiment_storage.exists(leaderboard_uri):
-        raise UserError(f"{leaderboard_uri} does not exist: EXPERIMENT is <storage>/<name> of a `detfuse tune` run "
-                        f"that has finished")
+    experiment_uri, leaderboard_uri = tuned_experiment(experiment_uri)
     members = select_members(read_leaderboard(experiment_uri), top, top_per_family or {}, leaderboard_uri)
     fusion_members = with_tta(members, tta)  # what is fused: each trial, then each trial augmented
     dataset_spec = experiment_dataset(experiment_uri, dataset)

@@ -4,27 +4,25 @@
     ray submit cluster.yaml ray_jobs/pipeline.py -- CONFIG [key=value ...]
 
 Each stage records its completion under <storage>/<name>/pipeline/. Running the same command again after a
-failure resumes at the first unfinished stage; an unfinished tune stage resumes its Tune experiment.
+failure resumes at the first unfinished stage; an unfinished tune stage resumes its Tune experiment. A failed
+report (the last stage, a view of the others' results) is a warning, not a failed pipeline: see report_stage.
 """
 
 import json
 import sys
 import time
+import traceback
 
 from detfuse.core.storage import experiment_storage
 from detfuse.core.errors import UserError
 from detfuse.stages.experiment import load_experiment
+from detfuse.stages.stage_markers import marker_uri
 
-STAGES = ("tune", "ensemble", "export", "report")
-
-
-def stage_marker(experiment, stage):
-    return experiment_storage.join(experiment.uri, "pipeline", f"{stage}.json")
 
 
 def run_stage(experiment, stage, run):
     """Run `run()` unless the stage's marker says it already completed; write the marker when it succeeds."""
-    marker = stage_marker(experiment, stage)
+    marker = marker_uri(experiment.uri, stage)
     if experiment_storage.exists(marker):
         print(f"[pipeline] {stage}: already complete ({marker}); skipping", flush=True)
         return
@@ -52,12 +50,30 @@ def run_pipeline(config_path, overrides=(), verbose=False):
     run_stage(experiment, "tune", lambda: tune_experiment(experiment, resume=resume, verbose=verbose))
     run_stage(experiment, "ensemble", lambda: ensemble_experiment(experiment, verbose=verbose))
     run_stage(experiment, "export", lambda: export_for(experiment))
-    run_stage(experiment, "report", lambda: run_report(experiment.uri))
-    print_final_summary(experiment)
+    report_failure = report_stage(experiment, run_report)
+    print_final_summary(experiment, report_failure=report_failure)
     return 0
 
 
-def print_final_summary(experiment, stream=None):
+def report_stage(experiment, run_report):
+    """The last stage, which only reads what the others wrote: its failure leaves their results (the bundle above
+    all) intact, so the pipeline still prints its summary and exits 0, with a warning naming the command that
+    writes the report again. Its marker stays unwritten, so the same pipeline command retries only the report.
+    Returns None, or the warning."""
+    try:
+        run_stage(experiment, "report", lambda: run_report(experiment.uri))
+        return None
+    except Exception as error:  # noqa: BLE001 - any failure of the report, a bug included, is only the report's
+        if not isinstance(error, UserError):
+            traceback.print_exc(file=sys.stderr)
+        warning = (f"WARNING: the report stage failed ({type(error).__name__}: {error}); the tune, ensemble and "
+                   f"export results are complete. Write the report with `detfuse report {experiment.uri}` (or run "
+                   f"this pipeline command again)")
+        print(warning, file=sys.stderr, flush=True)
+        return warning
+
+
+def print_final_summary(experiment, stream=None, report_failure=None):
     from detfuse.stages.leaderboard import read_leaderboard, top_per_family
     from detfuse.stages.report import default_report_uri
 
@@ -79,7 +95,10 @@ def print_final_summary(experiment, stream=None):
               f"({cross['mAP50'][report] - best_single['mAP50'][report]:+.4f}) with {len(cross['members'])} members",
               file=stream)
     print(f"  bundle: {experiment_storage.join(experiment.export_to, latest['bundle'])}", file=stream)
-    print(f"  report: {default_report_uri(experiment.uri)} (detfuse report {experiment.uri} writes it again)",
-          file=stream)
+    if report_failure is None:
+        print(f"  report: {default_report_uri(experiment.uri)} (detfuse report {experiment.uri} writes it again)",
+              file=stream)
+    else:
+        print(f"  report: not written: {report_failure}", file=stream)
     print(f"  predict: detfuse predict {experiment_storage.join(experiment.export_to, 'latest.json')} IMAGES... "
           f"--out predictions", file=stream)

@@ -14,16 +14,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-FAMILY_COLOURS = {"detectron2": "#1f77b4", "yolov5": "#ff7f0e"}
-OTHER_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+# families take these in sorted-name order; green is kept for the ensemble
+FAMILY_PALETTE = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 ENSEMBLE_COLOUR = "#2ca02c"
+PER_CLASS_SHOWN = 30  # more classes: the chart shows those the ensemble does worst on, the table all of them
 
 
 def family_colour(family, families):
-    if family in FAMILY_COLOURS:
-        return FAMILY_COLOURS[family]
-    others = [f for f in families if f not in FAMILY_COLOURS]
-    return OTHER_COLOURS[others.index(family) % len(OTHER_COLOURS)]
+    """`family`'s colour among `families` (the experiment's, sorted): the same family keeps its colour in every
+    chart of one report."""
+    return FAMILY_PALETTE[sorted(families).index(family) % len(FAMILY_PALETTE)]
 
 
 def _png(figure):
@@ -45,6 +45,8 @@ def learning_curves(records):
         axes.plot(epochs, values, color=colour, marker="o", markersize=3, linewidth=1.5, alpha=0.85)
         if trial.stopped_early:
             axes.plot(epochs[-1], values[-1], marker="X", markersize=11, color=colour, markeredgecolor="black")
+        elif trial.interrupted:
+            axes.plot(epochs[-1], values[-1], marker="o", markersize=10, markerfacecolor="none", color=colour)
         axes.annotate(trial.trial_id, (epochs[-1], values[-1]), textcoords="offset points", xytext=(5, 3),
                       fontsize=7, color=colour)
     budgets = sorted({(t.family, t.max_epochs) for t in records.trials if t.max_epochs})
@@ -53,12 +55,17 @@ def learning_curves(records):
     handles = [Line2D([], [], color=family_colour(f, families), marker="o", label=f) for f in families]
     handles.append(Line2D([], [], linestyle="", marker="X", markersize=9, color="grey", markeredgecolor="black",
                           label="stopped by ASHA"))
+    if any(t.interrupted for t in records.trials):
+        handles.append(Line2D([], [], linestyle="", marker="o", markersize=9, markerfacecolor="none", color="grey",
+                              label="interrupted (search stopped)"))
     handles.append(Line2D([], [], color="grey", linestyle=":", label="full budget"))
     axes.legend(handles=handles, loc="upper left", fontsize=8)
     axes.set_xlabel("epoch (images seen / training images)")
     axes.set_ylabel("val mAP50")
     stopped = sum(t.stopped_early for t in records.trials)
-    axes.set_title(f"Learning curves: {len(records.trials)} trials, {stopped} stopped early by ASHA")
+    interrupted = sum(t.interrupted for t in records.trials)
+    axes.set_title(f"Learning curves: {len(records.trials)} trials, {stopped} stopped early by ASHA"
+                   + (f", {interrupted} interrupted" if interrupted else ""))
     axes.grid(alpha=0.3)
     figure.tight_layout()
     return _png(figure)
@@ -129,44 +136,38 @@ def hyperparameters(records):
     return _png(figure)
 
 
-def _ensemble_of(summary):
-    """(label, entry) of the ensemble the report compares: the cross-family one, else the written one's family."""
-    if summary.get("cross_family") is not None:
-        return "cross-family ensemble", summary["cross_family"]
-    final = summary.get("final", {}).get("ensemble")
-    if final in summary.get("family_ensembles", {}):
-        return f"{final} ensemble", summary["family_ensembles"][final]
-    return None, None
-
-
 def per_class_ap50(records):
-    """Per-class AP50 on the report split of each family's best model and of the ensemble. None before the
-    ensemble stage, or when its summary predates per-class numbers."""
-    summary = records.summary
-    if not summary or "best_per_family" not in summary:
+    """Per-class AP50 on the report split of each family's best model and of the ensemble, as horizontal bars (class
+    names stay readable); with more than PER_CLASS_SHOWN classes, the ones the ensemble (else the first column) does
+    worst on. None before the ensemble stage, or when its summary predates per-class numbers."""
+    per_class = records.per_class()
+    if per_class is None:
         return None
-    label = summary["splits"]["report"]["split"]
-    bars = [(f"best {family} ({entry['trial_id']})", entry["per_class_AP50"][label],
-             family_colour(family, records.families))
-            for family, entry in sorted(summary["best_per_family"].items())]
-    name, ensemble = _ensemble_of(summary)
-    if ensemble is not None:
-        bars.append((name, ensemble["per_class_AP50"][label], ENSEMBLE_COLOUR))
-    classes = list(dict.fromkeys(c for _, values, _ in bars for c in values))
-    figure, axes = plt.subplots(figsize=(max(7, 1.1 * len(classes) * len(bars) / 2 + 2), 4.2))
-    width = 0.8 / len(bars)
-    for index, (bar_name, values, colour) in enumerate(bars):
-        xs = [c + (index - (len(bars) - 1) / 2) * width for c in range(len(classes))]
-        heights = [values.get(c, 0.0) for c in classes]
-        axes.bar(xs, heights, width, label=bar_name, color=colour)
-        for x, height in zip(xs, heights):
-            axes.text(x, height + 0.01, f"{height:.2f}", ha="center", va="bottom", fontsize=6)
-    axes.set_xticks(range(len(classes)), classes)
-    axes.set_ylabel(f"AP50 on {label}")
-    axes.set_ylim(0, min(1.05, max([0.1] + [v for _, values, _ in bars for v in values.values()]) * 1.2 + 0.02))
-    axes.legend(fontsize=8)
-    axes.set_title(f"Per-class AP50 on {label} ({summary['splits']['report']['images']} images)")
-    axes.grid(axis="y", alpha=0.3)
+    label, columns = per_class
+    classes = list(dict.fromkeys(c for _, _, values in columns for c in values))
+    judged = columns[-1][2]
+    shown = sorted(classes, key=lambda c: judged.get(c, 0.0))[:PER_CLASS_SHOWN]
+    shown = [c for c in classes if c in shown]  # in the dataset's order
+    figure, axes = plt.subplots(figsize=(9, 0.2 * len(shown) * len(columns) + 0.4 * len(shown) + 1.6))
+    height = 0.8 / len(columns)
+    positions = list(range(len(shown)))[::-1]
+    for index, (name, family, values) in enumerate(columns):
+        ys = [y + ((len(columns) - 1) / 2 - index) * height for y in positions]
+        widths = [values.get(c, 0.0) for c in shown]
+        colour = ENSEMBLE_COLOUR if family is None else family_colour(family, records.families)
+        axes.barh(ys, widths, height, label=name, color=colour)
+        for y, width in zip(ys, widths):
+            axes.text(width, y, f" {width:.2f}", va="center", fontsize=6)
+    axes.set_yticks(positions, shown, fontsize=8)
+    axes.set_xlim(0, min(1.15, max([0.1] + [v for _, _, values in columns for v in values.values()]) * 1.2 + 0.02))
+    axes.set_xlabel(f"AP50 on {label}")
+    axes.legend(fontsize=8, loc="lower right")
+    images = records.summary["splits"]["report"]["images"]
+    title = f"Per-class AP50 on {label} ({images} images)"
+    if len(shown) < len(classes):
+        title += f": the {len(shown)} of {len(classes)} classes lowest for {columns[-1][0]} (all in the table)"
+    axes.set_title(title, fontsize=10)
+    axes.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     return _png(figure)
 
@@ -205,21 +206,19 @@ def ensemble_gain(records):
 def compute(records):
     """Hours each trial trained, and the hours ASHA saved by stopping it before its budget (hatched): GPU-hours
     when the trials asked for GPUs, else CPU-hours."""
-    unit = "gpu" if any(t.gpus for t in records.trials) else "cpu"
-    per = (lambda t: t.gpus) if unit == "gpu" else (lambda t: t.cpus)
     trials = records.trials
     figure, axes = plt.subplots(figsize=(9, 0.32 * len(trials) + 1.8))
     positions = list(range(len(trials)))[::-1]
-    spent = [t.seconds * per(t) / 3600 for t in trials]
-    saved = [t.seconds_saved * per(t) / 3600 for t in trials]
+    spent, saved = zip(*(records.trial_hours(t) for t in trials)) if trials else ((), ())
     colours = [family_colour(t.family, records.families) for t in trials]
-    axes.barh(positions, spent, color=colours)
-    axes.barh(positions, saved, left=spent, color="white", edgecolor=colours, hatch="///")
+    axes.barh(positions, list(spent), color=colours)
+    axes.barh(positions, list(saved), left=list(spent), color="white", edgecolor=colours, hatch="///")
     axes.set_yticks(positions, [f"{t.architecture} {t.trial_id}" for t in trials], fontsize=8)
-    axes.set_xlabel(f"{unit.upper()}-hours")
-    total_spent, total_saved = records.hours(unit)
+    unit = records.unit
+    axes.set_xlabel(f"{unit}-hours")
+    total_spent, total_saved = records.hours()
     saved_share = total_saved / (total_spent + total_saved) if total_spent + total_saved else 0.0
-    axes.set_title(f"{unit.upper()}-hours: {total_spent:.3g} spent, {total_saved:.3g} saved by ASHA "
+    axes.set_title(f"{unit}-hours: {total_spent:.3g} spent, {total_saved:.3g} saved by ASHA "
                    f"({saved_share:.0%} of running every trial to its budget)", fontsize=10)
     axes.legend(handles=[plt.Rectangle((0, 0), 1, 1, color="grey", label="trained"),
                          plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="grey", hatch="///",
@@ -234,7 +233,10 @@ CHARTS = {"learning_curves": learning_curves, "hyperparameters": hyperparameters
 
 
 def draw_charts(records):
-    """{chart name: PNG bytes} of every chart the records allow, in the page's order."""
-    charts = {name: draw(records) for name, draw in CHARTS.items()}
+    """{chart name: PNG bytes} of every chart the records allow, in the page's order. Every text is drawn as
+    written: class names, trial ids and hyperparameter values are the user's, and matplotlib would read a "$" in
+    them as math (a class named "$\\frac$" fails to parse, "cost $5 or $10" loses its dollars)."""
+    with plt.rc_context({"text.parse_math": False}):
+        charts = {name: draw(records) for name, draw in CHARTS.items()}
     return {name: png for name, png in charts.items() if png is not None}
 

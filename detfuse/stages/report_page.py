@@ -1,8 +1,9 @@
 """The report as one self-contained HTML page: styles, the charts (PNG data URIs) and a few lines of script
 inline, nothing fetched when it is opened, so it can be mailed, archived or opened offline.
 
-The script only marks each chart once the browser has decoded it (`data-rendered="yes"` on the image, and
-`data-charts-rendered="N/M"` on the body): a headless browser's DOM then proves every chart rendered.
+The script marks each chart once the browser has decoded and drawn all of it (`data-rendered="yes"` on the image,
+"no" when it failed or was cut short, and `data-charts-rendered="N/M"` on the body): a headless browser's DOM then
+proves every chart rendered.
 """
 
 import base64
@@ -27,9 +28,25 @@ SCRIPT = """
     charts.forEach(function (img) { if (img.dataset.rendered === "yes") rendered += 1; });
     document.body.dataset.chartsRendered = rendered + "/" + charts.length;
   }
+  // A chart counts as rendered when its last row of pixels was drawn: the browser knows an image's size from the
+  // PNG header alone, and the rows a cut-short file never reached stay transparent. The charts are opaque PNGs.
+  function lastRowDrawn(img) {
+    if (img.naturalWidth === 0) return false;
+    var canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    var context = canvas.getContext("2d");
+    context.drawImage(img, 0, 0);
+    var row = context.getImageData(0, img.naturalHeight - 1, img.naturalWidth, 1).data;
+    for (var alpha = 3; alpha < row.length; alpha += 4) { if (row[alpha] === 0) return false; }
+    return true;
+  }
   charts.forEach(function (img) {
-    function mark() { img.dataset.rendered = img.naturalWidth > 0 ? "yes" : "no"; update(); }
-    if (img.complete) { mark(); } else { img.addEventListener("load", mark); img.addEventListener("error", mark); }
+    // drawImage decodes a loaded image at once (img.decode() would finish after a headless browser's dump)
+    function mark() { img.dataset.rendered = lastRowDrawn(img) ? "yes" : "no"; update(); }
+    function failed() { img.dataset.rendered = "no"; update(); }
+    if (img.complete) { if (img.naturalWidth > 0) { mark(); } else { failed(); } }
+    else { img.addEventListener("load", mark); img.addEventListener("error", failed); }
   });
   update();
 })();
@@ -37,11 +54,13 @@ SCRIPT = """
 
 CHART_SECTIONS = {
     "learning_curves": ("Learning curves", "Every trial's val mAP50 at each evaluation; an X marks where its "
-                        "family's ASHA stopped it, a dotted line each family's full budget."),
+                        "family's ASHA stopped it, a hollow circle a trial the search was stopped before it "
+                        "finished, a dotted line each family's full budget."),
     "hyperparameters": ("Hyperparameters against mAP50", "One scatter per searched hyperparameter of each "
                         "architecture: each trial's best val mAP50 at the value it tried."),
     "per_class_ap50": ("Per-class AP50", "Each family's best model and the ensemble, class by class, on the "
-                       "ensemble's report split: rare classes decide a competition."),
+                       "ensemble's report split: rare classes decide a competition. A family's best model is the "
+                       "trial each fold chose on its fit part; its numbers average the folds."),
     "ensemble_gain": ("What the ensemble adds", "mAP50 on the report split, on images none of the choices were "
                       "fitted on."),
     "compute": ("Time and compute", "Hours each trial trained, and what ASHA saved by stopping it early (the rest "
@@ -76,13 +95,15 @@ def _all_hparams(hparams):
 def _stats(records):
     trials = records.trials
     per_family = ", ".join(f"{sum(t.family == f for t in trials)} {f}" for f in records.families)
-    unit = "GPU" if any(t.gpus for t in trials) else "CPU"
-    spent, saved = records.hours(unit.lower())
+    unit = records.unit
+    spent, saved = records.hours()
     stats = [("trials", f"{len(trials)} ({per_family})"),
              ("stopped early by ASHA", f"{sum(t.stopped_early for t in trials)}"),
-             ("failed", f"{sum(bool(t.error) for t in trials)}"),
-             ("GPU-hours", f"{records.hours('gpu')[0]:.3g} spent, {records.hours('gpu')[1]:.3g} saved by ASHA"),
-             ("CPU-hours", f"{records.hours('cpu')[0]:.3g} spent, {records.hours('cpu')[1]:.3g} saved by ASHA")]
+             ("failed", f"{sum(bool(t.error) for t in trials)}")]
+    interrupted = sum(t.interrupted for t in trials)
+    if interrupted:
+        stats.append(("interrupted before they finished (no savings counted)", f"{interrupted}"))
+    stats.append((f"{unit}-hours", f"{spent:.3g} spent, {saved:.3g} saved by ASHA"))
     if spent + saved:
         stats.append(("ASHA saved", f"{saved / (spent + saved):.0%} of the {unit}-hours of running every trial "
                                     f"to its budget"))
@@ -100,7 +121,7 @@ def _stats(records):
 
 def _leaderboard(records):
     header = ("<tr><th>#</th><th>trial</th><th>family</th><th>architecture</th><th>best mAP50</th><th>at epoch</th>"
-              "<th>epochs / budget</th><th>stopped by ASHA</th><th>minutes</th><th>searched hyperparameters</th>"
+              "<th>epochs / budget</th><th>ended</th><th>minutes</th><th>searched hyperparameters</th>"
               "<th>all hyperparameters</th><th>error</th></tr>")
     rows = []
     for rank, t in enumerate(records.trials, 1):
@@ -110,10 +131,34 @@ def _leaderboard(records):
             f"<tr><td class=num>{rank}</td><td>{_e(t.trial_id)}</td><td>{_e(t.family)}</td>"
             f"<td>{_e(t.architecture)}</td><td class=num>{_number(t.best_mAP50)}</td>"
             f"<td class=num>{_number(t.best_epoch, 2)}</td>"
-            f"<td class=num>{t.epochs_trained:g} / {t.max_epochs:g}</td><td>{'yes' if t.stopped_early else 'no'}</td>"
+            f"<td class=num>{t.epochs_trained:g} / {t.max_epochs:g}</td><td>{_ended(t)}</td>"
             f"<td class=num>{t.seconds / 60:.1f}</td><td>{_e(searched)}</td><td>{_all_hparams(t.hparams)}</td>"
             f"<td>{_e(t.error or '')}</td></tr>")
     return f"<table>{header}{''.join(rows)}</table>"
+
+
+def _ended(trial):
+    """How a trial ended; for one ASHA stopped, the time it saved and how the trial's pace was found."""
+    if trial.error:
+        return "failed"
+    if trial.interrupted:
+        return "interrupted (the search was stopped)"
+    if trial.stopped_early:
+        return f"stopped by ASHA (saved {trial.seconds_saved / 60:.1f} min: {_e(trial.pace)})"
+    return "ran its budget"
+
+
+def _per_class_table(records):
+    """The per-class AP50 chart's numbers, every class, as a table (copyable, and readable for many classes)."""
+    per_class = records.per_class()
+    if per_class is None:
+        return ""
+    label, columns = per_class
+    classes = list(dict.fromkeys(c for _, _, values in columns for c in values))
+    header = "<tr><th>class</th>" + "".join(f"<th>{_e(name)}</th>" for name, _, _ in columns) + "</tr>"
+    rows = "".join(f"<tr><td>{_e(c)}</td>" + "".join(f"<td class=num>{_number(values.get(c))}</td>"
+                                                      for _, _, values in columns) + "</tr>" for c in classes)
+    return f'<p>AP50 on {_e(label)}, every class:</p><table id="per-class-ap50">{header}{rows}</table>'
 
 
 def _gains(summary):
@@ -139,6 +184,8 @@ def render_page(records, charts):
         body = f"<p>{_e(caption)}</p>{_chart(name, charts)}"
         if name == "learning_curves":
             body += f"<h2>Leaderboard</h2>{_leaderboard(records)}"
+        if name == "per_class_ap50":
+            body += _per_class_table(records)
         if name == "ensemble_gain" and records.summary:
             body += _gains(records.summary)
         sections.append(f'<section id="{name}"><h2>{_e(title)}</h2>{body}</section>')

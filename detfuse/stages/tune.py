@@ -16,7 +16,7 @@ import trainables
 from detfuse.core.storage import experiment_storage
 from detfuse.core.errors import UserError
 from detfuse.stages.experiment import load_experiment
-from detfuse.stages.leaderboard import build_leaderboard, top_per_family, write_leaderboard
+from detfuse.stages.leaderboard import build_leaderboard, saved_statuses, top_per_family, write_leaderboard
 from detfuse.stages.family_scheduler import PerFamilyASHA
 from detfuse.stages.searcher import MultiSpaceSearcher
 from detfuse.stages.status_table import StatusTable
@@ -94,13 +94,11 @@ def new_tuner(experiment, verbose):
 
 
 def space_record(entry):
-    """What `detfuse report` needs of a search space: which hyperparameters were searched, over what values, on
-    what budget. Each searched name maps to {"choice": [values]} or {"range": [low, high], "log": bool}."""
+    """What `detfuse report` needs of a search space: which hyperparameters its architecture searched, over what
+    values. Each searched name maps to {"choice": [values]} or {"range": [low, high], "log": bool}."""
     space = entry.space
-    return {"space": space.name, "family": space.family, "architecture": space.architecture,
-            "searched": {name: domain_record(space.space[name]) for name in sorted(space.space)},
-            "max_epochs": space.max_epochs, "grace_epochs": space.grace_epochs,
-            "num_samples": entry.num_samples, "resources": entry.settings["resources"]}
+    return {"space": space.name, "architecture": space.architecture,
+            "searched": {name: domain_record(space.space[name]) for name in sorted(space.space)}}
 
 
 def domain_record(domain):
@@ -206,8 +204,14 @@ def tune_experiment(experiment, resume=False, verbose=False):
     else:
         tuner = new_tuner(experiment, verbose)
     results = tuner.fit()
-    rows = build_leaderboard(results, experiment.storage)
+    rows = build_leaderboard(results, experiment.storage, saved_statuses(experiment.uri))
     print_summary(rows, write_leaderboard(rows, experiment.uri))
+    interrupted = [r["trial_id"] for r in rows if r["interrupted"]]
+    if interrupted:  # fit() returns normally after Ctrl-C or SIGUSR1: the search is not finished
+        print(f"\nthe search was stopped before {len(interrupted)} trial(s) finished ({', '.join(interrupted)}); "
+              f"continue it: run the same `detfuse tune` command with --resume (or the same `detfuse pipeline` command)",
+              file=sys.stderr, flush=True)
+        return 130
     return 0 if any(r["checkpoint"] for r in rows) else 1
 
 

@@ -18,6 +18,17 @@ from detfuse.core.storage.s3 import S3Settings, explained_errors, is_s3_uri, par
 HASH_CHUNK = 1024 * 1024
 
 
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# a written file gets the mode a plain open() would give it (mkstemp's temporary is private, 0600): a report page or
+# an exported bundle on shared storage is meant to be read by others
+FILE_MODE = 0o666 & ~_umask()
+
+
 def sha256_of(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
@@ -37,6 +48,7 @@ def _write_atomically(target, chunks, progress=None):
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     try:
+        os.fchmod(descriptor, FILE_MODE)
         with os.fdopen(descriptor, "wb") as copy:
             for chunk in chunks:
                 copy.write(chunk)
