@@ -10,7 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 from headless_browser import render, screenshot
+from matplotlib.text import Text
 
+from detfuse.stages import report_charts
 from detfuse.stages.cli import main
 from detfuse.stages.pipeline import report_stage
 from detfuse.stages.report import read_records, run_report, write_report
@@ -244,3 +246,20 @@ def test_a_failed_report_stage_warns_with_the_command_and_leaves_the_pipeline_re
     assert not (tuned / "pipeline" / "report.json").exists()
     assert report_stage(experiment, run_report) is None
     assert (tuned / "pipeline" / "report.json").exists() and (tuned / "report" / "report.html").exists()
+
+
+def test_every_text_on_the_charts_is_plain_text(tuned, monkeypatch):
+    """Math text is off so that user text is drawn as written; an axis that still relied on it (matplotlib labels
+    log axes in math text) would show "$\\mathdefault{10^{-3}}$" literally."""
+    texts = []
+    write_png = report_charts._png
+
+    def recording(figure):
+        figure.canvas.draw()
+        texts.extend(text.get_text() for text in figure.findobj(Text) if text.get_visible())
+        return write_png(figure)
+
+    monkeypatch.setattr(report_charts, "_png", recording)
+    assert main(["report", str(tuned)]) == 0
+    assert "0.01" in texts  # the log-scaled lr range is labelled: its ends and middle
+    assert [text for text in texts if "$" in text or "mathdefault" in text] == []

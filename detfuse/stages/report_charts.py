@@ -6,6 +6,7 @@ ensemble yet, nothing searched) is left out, and the page says why.
 """
 
 import io
+import math
 
 import matplotlib
 
@@ -92,14 +93,22 @@ def _place(axes, values, domain):
         low, high = domain["range"]
         if domain["log"]:
             axes.set_xscale("log")
-            axes.xaxis.set_minor_formatter(NullFormatter())  # a range within a decade would label every tick
             axes.set_xlim(low / 1.2, high * 1.2)
+            # the range's ends and middle, in plain text: log axes label decades in math text, which is off
+            # (draw_charts), and a range within a decade would have no decade to label
+            _plain_ticks(axes, [low, math.sqrt(low * high), high])
         else:
             margin = (high - low) * 0.05
             axes.set_xlim(low - margin, high + margin)
     elif values and min(values) > 0 and max(values) / min(values) > 20:
         axes.set_xscale("log")
+        _plain_ticks(axes, [min(values), math.sqrt(min(values) * max(values)), max(values)])
     return values
+
+
+def _plain_ticks(axes, ticks):
+    axes.set_xticks(ticks, [f"{tick:.2g}" for tick in ticks], fontsize=8)
+    axes.xaxis.set_minor_formatter(NullFormatter())
 
 
 def hyperparameters(records):
