@@ -71,3 +71,21 @@ def test_pipeline_on_s3_resumes_after_being_killed_in_its_ensemble_stage(cluster
     assert all(f'id="chart-{chart}" ' in page for chart in charts)
     pngs = s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="runs/pipe/report/report_")
     assert sorted(o["Key"] for o in pngs["Contents"]) == sorted(f"runs/pipe/report/report_{c}.png" for c in charts)
+
+
+def test_a_stage_stopped_before_it_finished_exits_stopped_and_stays_unmarked(tmp_path):
+    """A search stopped by Ctrl-C is not a failure to fix: the pipeline exits as the stage did (130), says the
+    same command continues it, and writes no marker, so that command resumes the stage."""
+    from types import SimpleNamespace
+
+    from detfuse.stages.pipeline import StageStopped, run_stage
+    from detfuse.stages.stage_markers import marker_uri
+
+    experiment = SimpleNamespace(uri=str(tmp_path / "exp"))
+    with pytest.raises(StageStopped, match="the tune stage was stopped before it finished; run the same command "
+                                           "again to continue it") as stopped:
+        run_stage(experiment, "tune", lambda: 130)
+    assert stopped.value.exit_code == 130
+    assert not os.path.exists(marker_uri(experiment.uri, "tune"))
+    with pytest.raises(Exception, match="the tune stage failed \\(exit 1\\)"):
+        run_stage(experiment, "tune", lambda: 1)

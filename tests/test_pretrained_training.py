@@ -5,7 +5,10 @@ A class count other than the dataset's re-initialises the head, and the trial's 
 
 import hashlib
 import io
+import os
 import pickle
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,15 +149,19 @@ def test_release_name_fine_tunes_yolov5_with_a_new_head(module_weights_server, t
     assert len(module_weights_server.gets("assets/yolov5nu.pt")) == 1
 
 
-def test_a_legacy_named_file_on_disk_is_loaded_not_swapped(tiny_dataset, d2_cache, tmp_path,
-                                                         monkeypatch):  # noqa: F811
+def test_a_legacy_named_file_on_disk_is_loaded_not_swapped(tiny_dataset, d2_cache, tmp_path, monkeypatch,
+                                                         request):  # noqa: F811
     """Ultralytics reads a path ending in yolov5n.pt with no 'u' in it as the legacy name of the yolov5nu.pt release
-    and downloads that instead (the test's directory has no 'u' for this reason): the user's file must load."""
+    and downloads that instead (so the file is put in a directory without a 'u'): the user's file must load."""
     model, data = ultralytics_pt(3)  # imports ultralytics after making it offline
     from ultralytics.utils import downloads
 
     monkeypatch.setattr(downloads, "safe_download", lambda url, **kwargs: pytest.fail(f"downloaded {url}"))
     local = tmp_path / "yolov5n.pt"
+    if "u" in str(local):  # e.g. a user named ubuntu: the swap would not happen, and the test could not fail
+        local = Path("/tmp") / f"legacy-{os.getpid()}" / "yolov5n.pt"
+        local.parent.mkdir(exist_ok=True)
+        request.addfinalizer(lambda: shutil.rmtree(local.parent, ignore_errors=True))
     local.write_bytes(data)
     run = train_in_local_run(trial("yolov5n", tiny_dataset, str(local)), tmp_path / "run")
     assert_loaded(yolo_checkpoint.read_weights(run.latest_checkpoint()), model.float().state_dict(),

@@ -172,3 +172,38 @@ def test_tune_prints_the_ray_dashboard_url_of_the_cluster_it_runs_on(small_datas
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
     assert "asks for 4096 CPU and 0 GPU per trial, more than this cluster offers" in done.stderr
     assert re.search(r"^Ray dashboard: http://[\w.]+:\d+ ", done.stdout, re.MULTILINE), done.stdout[-3000:]
+
+
+# A driver whose search is stopped by Ctrl-C the moment its first trial completes; with one trial at a time, no
+# trial is running or waiting then: only the searcher's count shows the search is unfinished.
+STOPPED_BETWEEN_TRIALS = """
+import os, signal, sys
+from ray import tune
+from detfuse.stages import tune as tune_job
+from detfuse.stages.experiment import load_experiment
+
+
+class CtrlCAfterFirstTrial(tune.Callback):
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+tune_job.wandb_callbacks = lambda experiment: [CtrlCAfterFirstTrial()]
+sys.exit(tune_job.tune_experiment(load_experiment(sys.argv[1])))
+"""
+
+
+def test_a_search_stopped_between_trials_exits_stopped_and_says_how_to_continue(small_dataset, tmp_path):
+    space = {"architecture": "yolov5n", "budget": {"max_epochs": 1, "grace_epochs": 1},
+             "fixed": {"hparams": {"image_size": 64, "batch_size": 8}}, "space": {"lr": {"loguniform": [1e-3, 1e-2]}}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    config = {"name": "stopped", "dataset": str(small_dataset), "storage": str(tmp_path / "storage"),
+              "max_concurrent_trials": 1, "spaces": [{"space": "space.yaml", "num_samples": 3}]}
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run([sys.executable, "-c", STOPPED_BETWEEN_TRIALS, str(tmp_path / "experiment.yaml")],
+                          cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True, text=True,
+                          timeout=300)
+    rows = json.loads((tmp_path / "storage" / "stopped" / "leaderboard.json").read_text())
+    assert len(rows) == 1 and not rows[0]["interrupted"], rows  # every trial created had finished
+    assert done.returncode == 130, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "the search was stopped before it finished: 2 trial(s) not started" in done.stderr

@@ -16,7 +16,13 @@ import traceback
 from detfuse.core.storage import experiment_storage
 from detfuse.core.errors import UserError
 from detfuse.stages.experiment import load_experiment
-from detfuse.stages.stage_markers import marker_uri
+from detfuse.stages.stage_markers import STOPPED, marker_uri
+
+
+class StageStopped(UserError):
+    """A stage stopped on purpose (Ctrl-C, SIGUSR1) before it finished: the pipeline exits as the stage did."""
+
+    exit_code = STOPPED
 
 
 
@@ -29,6 +35,9 @@ def run_stage(experiment, stage, run):
     print(f"[pipeline] {stage}: starting", flush=True)
     started = time.time()
     code = run()
+    if code == STOPPED:
+        raise StageStopped(f"the {stage} stage was stopped before it finished; run the same command again to "
+                           f"continue it")
     if code != 0:
         raise UserError(f"the {stage} stage failed (exit {code}); fix the cause and run the same command again "
                         f"to resume from this stage")

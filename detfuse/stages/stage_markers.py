@@ -1,9 +1,11 @@
 """The pipeline's stages and the marker each writes when it completes: <experiment>/pipeline/<stage>.json,
-{stage, started, finished}. The pipeline skips a marked stage on a rerun; the report shows their wall time."""
+{stage, started, finished}. The pipeline skips a marked stage on a rerun; the report shows their wall time.
+A stage stopped on purpose before it finished (Ctrl-C, SIGUSR1) writes no marker and exits STOPPED."""
 
 from detfuse.core.storage import experiment_storage
 
 STAGES = ("tune", "ensemble", "export", "report")
+STOPPED = 130  # the exit code of a stage stopped before it finished, as a shell's for SIGINT
 
 
 def marker_uri(experiment_uri, stage):

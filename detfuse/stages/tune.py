@@ -19,6 +19,7 @@ from detfuse.stages.experiment import load_experiment
 from detfuse.stages.leaderboard import build_leaderboard, saved_statuses, top_per_family, write_leaderboard
 from detfuse.stages.family_scheduler import PerFamilyASHA
 from detfuse.stages.searcher import MultiSpaceSearcher
+from detfuse.stages.stage_markers import STOPPED
 from detfuse.stages.status_table import StatusTable
 from detfuse.stages.cluster import connect, node_capacities
 
@@ -70,7 +71,10 @@ def new_tuner(experiment, verbose):
     experiment_storage.write_text(experiment_storage.join(experiment.uri, "experiment.json"), json.dumps({
         "name": experiment.name, "dataset": experiment.dataset, "storage": experiment.storage,
         "config_path": str(experiment.path), "run_settings": run_settings(experiment, verbose),
-        "spaces": [space_record(entry) for entry in experiment.entries]}, indent=2))
+        "spaces": [space_record(entry) for entry in experiment.entries],
+        # how many trials the search creates in all: a --resume keeps the searcher's own count, whatever the
+        # config says by then, so a stopped search is recognised against this one
+        "num_samples": sum(entry.num_samples for entry in experiment.entries)}, indent=2))
     run_config = tune.RunConfig(
         name=experiment.name,
         storage_path=experiment.storage,
@@ -206,13 +210,24 @@ def tune_experiment(experiment, resume=False, verbose=False):
     results = tuner.fit()
     rows = build_leaderboard(results, experiment.storage, saved_statuses(experiment.uri))
     print_summary(rows, write_leaderboard(rows, experiment.uri))
-    interrupted = [r["trial_id"] for r in rows if r["interrupted"]]
-    if interrupted:  # fit() returns normally after Ctrl-C or SIGUSR1: the search is not finished
-        print(f"\nthe search was stopped before {len(interrupted)} trial(s) finished ({', '.join(interrupted)}); "
-              f"continue it: run the same `detfuse tune` command with --resume (or the same `detfuse pipeline` command)",
-              file=sys.stderr, flush=True)
-        return 130
+    unfinished = unfinished_search(rows, experiment_storage.read_json(
+        experiment_storage.join(experiment.uri, "experiment.json")).get("num_samples"))
+    if unfinished:  # fit() returns normally after Ctrl-C or SIGUSR1: the search is not finished
+        print(f"\nthe search was stopped before it finished: {unfinished}; continue it: run the same `detfuse tune` "
+              f"command with --resume (or the same `detfuse pipeline` command)", file=sys.stderr, flush=True)
+        return STOPPED
     return 0 if any(r["checkpoint"] for r in rows) else 1
+
+
+def unfinished_search(rows, planned):
+    """What a search stopped by Ctrl-C or SIGUSR1 left undone ('' when it finished): trials that were running or
+    waiting, and trials not created yet: with max_concurrent_trials, a stop as the last running trial ends leaves
+    every created trial finished while the searcher still has `planned` - len(rows) to create."""
+    interrupted = [r["trial_id"] for r in rows if r["interrupted"]]
+    not_created = max(0, planned - len(rows)) if planned else 0  # None: recorded before the count was
+    parts = ([f"{len(interrupted)} trial(s) unfinished ({', '.join(interrupted)})"] if interrupted else []) + (
+        [f"{not_created} trial(s) not started"] if not_created else [])
+    return ", ".join(parts)
 
 
 def check_experiment(config_path, overrides=(), verbose=False):
