@@ -48,7 +48,10 @@ def _write_atomically(target, chunks, progress=None):
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     try:
-        os.fchmod(descriptor, FILE_MODE)
+        try:
+            os.fchmod(descriptor, FILE_MODE)
+        except OSError:  # storage that keeps no modes (some FUSE mounts of object stores): the file stays private
+            pass
         with os.fdopen(descriptor, "wb") as copy:
             for chunk in chunks:
                 copy.write(chunk)
