@@ -2,7 +2,8 @@
 multipart uploads, server-side encryption, idempotent re-runs and an S3 server stopped in the middle of an export.
 
 Export copies files and never loads a model, so the experiments here hold checkpoint folders of real bytes written
-by the test (detfuse.json plus a weights file); predicting from real checkpoints is tested in test_predict.py.
+by the test, under each family's file names (detfuse.json, weights, training state); predicting from real checkpoints
+is tested in test_predict.py.
 """
 
 import hashlib
@@ -42,12 +43,21 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DETFUSE_CACHE", str(tmp_path / "cache"))
 
 
+# per family: the weights file its predictor reads, and the files only resuming a trial reads
+WEIGHTS = {"yolov5": "weights.pt", "detectron2": "model.pth"}
+TRAINING_ONLY = {"yolov5": ["trainer_state.pt"], "detectron2": ["training_state.pth"]}
+
+
 def write_checkpoint(directory, family, seed, weights_bytes=2048):
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "detfuse.json").write_text(json.dumps({
         "family": family, "architecture": "yolov5n" if family == "yolov5" else "faster_rcnn", "hparams": {},
         "class_names": CLASS_NAMES, "category_ids": CATEGORY_IDS, "epoch": 1.0, "metrics": {}}))
-    (directory / "weights.bin").write_bytes(random.Random(seed).randbytes(weights_bytes))
+    (directory / WEIGHTS[family]).write_bytes(random.Random(seed).randbytes(weights_bytes))
+    if family == "detectron2":
+        (directory / "config.yaml").write_text("MODEL:\n  META_ARCHITECTURE: GeneralizedRCNN\n")
+    for name in TRAINING_ONLY[family]:
+        (directory / name).write_bytes(random.Random(seed + 1).randbytes(2 * weights_bytes))
 
 
 def make_experiment(root, name="tiny"):
@@ -99,8 +109,12 @@ def test_local_export_writes_a_verifiable_bundle_and_a_rerun_sends_nothing(tmp_p
 
     # both members plus the best of each family (d2_2 is detectron2's best without being a member); not yolo_2
     assert sorted(p.name for p in (bundle_dir / "checkpoints").iterdir()) == ["d2_1", "d2_2", "yolo_1"]
-    source = tmp_path / "trials" / "d2_2" / "checkpoint_000001" / "weights.bin"
-    assert (bundle_dir / "checkpoints" / "d2_2" / "weights.bin").read_bytes() == source.read_bytes()
+    source = tmp_path / "trials" / "d2_2" / "checkpoint_000001" / "model.pth"
+    assert (bundle_dir / "checkpoints" / "d2_2" / "model.pth").read_bytes() == source.read_bytes()
+    # what predicting needs, not the state only resuming needs (two thirds of a real checkpoint)
+    assert sorted(p.name for p in (bundle_dir / "checkpoints" / "d2_2").iterdir()) == [
+        "config.yaml", "detfuse.json", "model.pth"]
+    assert sorted(p.name for p in (bundle_dir / "checkpoints" / "yolo_1").iterdir()) == ["detfuse.json", "weights.pt"]
     description = json.loads((bundle_dir / "bundle.json").read_text())
     assert description["dataset"]["fingerprint"] == FINGERPRINT
     assert description["class_names"] == CLASS_NAMES and description["category_ids"] == CATEGORY_IDS
@@ -136,12 +150,12 @@ def test_a_changed_experiment_becomes_a_new_bundle_and_a_damaged_file_is_sent_ag
     assert second.bundle_id != first.bundle_id and (destination / first.bundle_id / "manifest.json").is_file()
     assert parse_latest((destination / "latest.json").read_bytes(), "latest.json")[0] == second.bundle_id
 
-    damaged = destination / second.bundle_id / "checkpoints" / "d2_1" / "weights.bin"
+    damaged = destination / second.bundle_id / "checkpoints" / "d2_1" / "model.pth"
     damaged.write_bytes(damaged.read_bytes()[:100])
-    with pytest.raises(UserError, match=r"checkpoints/d2_1/weights.bin: 100 bytes, but the manifest says 2048"):
+    with pytest.raises(UserError, match=r"checkpoints/d2_1/model.pth: 100 bytes, but the manifest says 2048"):
         open_bundle(str(destination / "latest.json"))
     repaired = export_experiment(str(experiment), str(destination))
-    assert repaired.bundle_id == second.bundle_id and repaired.sent == ["checkpoints/d2_1/weights.bin"]
+    assert repaired.bundle_id == second.bundle_id and repaired.sent == ["checkpoints/d2_1/model.pth"]
     assert open_bundle(str(destination)).bundle_id == second.bundle_id
 
     # the manifest itself is checked against latest.json; a bundle without one is an unfinished export
@@ -162,8 +176,8 @@ def test_s3_export_is_multipart_idempotent_and_holds_no_credentials(s3_server, s
     first = capsys.readouterr()
     bundle_id, _ = parse_latest(s3_server.client().get_object(Bucket=s3_bucket, Key="models/latest.json")["Body"]
                                 .read(), "latest.json")
-    head = s3_server.client().head_object(Bucket=s3_bucket, Key=f"models/{bundle_id}/checkpoints/yolo_1/weights.bin")
-    weights = (tmp_path / "trials" / "yolo_1" / "checkpoint_000001" / "weights.bin").read_bytes()
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=f"models/{bundle_id}/checkpoints/yolo_1/weights.pt")
+    weights = (tmp_path / "trials" / "yolo_1" / "checkpoint_000001" / "weights.pt").read_bytes()
     assert head["ContentLength"] == len(weights) and head["Metadata"]["sha256"] == sha256(weights)
     assert head["ETag"].strip('"').endswith("-3")  # three 5 MiB parts
 
@@ -224,7 +238,7 @@ def test_s3_server_stopped_mid_export_leaves_latest_alone_and_a_rerun_completes(
     assert client.head_object(Bucket=bucket, Key=f"exports/{first.bundle_id}/bundle.json")[
         "ServerSideEncryption"] == "AES256"
 
-    # a new 30 MB file in d2_2's checkpoint: sent after bundle.json and d2_1's files, in 5 MiB parts
+    # d2_2's weights grown to 30 MB: sent after bundle.json and d2_1's files, in 5 MiB parts
     big = tmp_path / "trials" / "d2_2" / "checkpoint_000001" / "model.pth"
     big.write_bytes(random.Random(1).randbytes(30 * MiB))
     killed = []
@@ -246,7 +260,7 @@ def test_s3_server_stopped_mid_export_leaves_latest_alone_and_a_rerun_completes(
     assert latest_bundle() == first.bundle_id  # the failed export never became latest
     rerun = export_experiment(str(experiment), uri, settings)
     assert rerun.bundle_id == new_id and latest_bundle() == new_id
-    assert "bundle.json" in rerun.skipped and "checkpoints/d2_1/weights.bin" in rerun.skipped
+    assert "bundle.json" in rerun.skipped and "checkpoints/d2_1/model.pth" in rerun.skipped
     assert "checkpoints/d2_2/model.pth" in rerun.sent
     head = client.head_object(Bucket=bucket, Key=f"exports/{new_id}/checkpoints/d2_2/model.pth")
     assert head["ServerSideEncryption"] == "AES256" and head["ETag"].strip('"').endswith("-6")
@@ -284,3 +298,12 @@ def test_export_errors_name_the_file_or_flag(tmp_path, capsys):
         assert main(["export", str(experiment), *arguments]) == 2
         error = capsys.readouterr().err
         assert expected in error and "pa55word" not in error
+
+
+def test_a_checkpoint_without_the_files_prediction_needs_is_named(tmp_path, capsys):
+    experiment = make_experiment(tmp_path)
+    checkpoint = tmp_path / "trials" / "yolo_1" / "checkpoint_000001"
+    (checkpoint / "weights.pt").unlink()
+    assert main(["export", str(experiment), "--to", str(tmp_path / "out")]) == 2
+    assert (f"{checkpoint}: no weights.pt, so trial yolo_1's checkpoint cannot be loaded by `detfuse predict`"
+            in capsys.readouterr().err)

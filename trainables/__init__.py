@@ -4,9 +4,11 @@ A family package exposes `ARCHITECTURES` (name -> adapter with a `hyperparameter
 `resolve(hparams, where, has_weights)`), `trial_workers(resources, where)` (the processes a trial trains in),
 `named_weights(source, where)` (the detfuse.core.weights_source.NamedWeights of a name the family publishes
 weights under, e.g. detectron2://... or yolov5su.pt; None for any other source),
-`train(config)` (a Ray Tune function trainable, given a resolved trial config: trial_config.py) and
-`load_predictor(checkpoint_dir, device)`. Importing a family package loads only its adapters; `train` and
-`load_predictor` pull in its framework (detectron2 or ultralytics) on first call.
+`train(config)` (a Ray Tune function trainable, given a resolved trial config: trial_config.py),
+`load_predictor(checkpoint_dir, device)` and `inference_files()` (the names of the files in a checkpoint directory
+that `load_predictor` needs: what an export bundle carries, without the state only resuming needs). Importing a
+family package loads only its adapters; `train` and `load_predictor` pull in its framework (detectron2 or
+ultralytics) on first call.
 """
 
 import importlib

@@ -10,7 +10,9 @@
                                     members, best checkpoint per family, package versions
         fusion.json                 the fitted ensemble (detfuse-fusion/1), member checkpoints relative to ID/
         metrics.json                the experiment's leaderboard and the ensemble job's summary
-        checkpoints/<trial_id>/     each exported trial's checkpoint directory, as its family wrote it
+        checkpoints/<trial_id>/     each exported trial's checkpoint: the files its family's predictor reads
+                                    (`inference_files()`: detfuse.json and the weights), as the family wrote
+                                    them; the training state only resuming needs stays in the experiment
 
 The content hash covers every file but the manifest (whose only other content is the id and time), so exporting
 the same experiment again finds its earlier bundle by that hash and completes or re-verifies it instead of

@@ -5,7 +5,8 @@
 
 EXPERIMENT is <storage>/<name> of a tuned and ensembled experiment (leaderboard.json, ensemble/fusion.json and
 ensemble/summary.json). The bundle (layout in detfuse/stages/bundle.py) holds the best checkpoint of each family and every
-ensemble member's checkpoint, once per trial (a trial fused as itself and as <trial_id>+hflip has one checkpoint).
+ensemble member's checkpoint, once per trial (a trial fused as itself and as <trial_id>+hflip has one checkpoint),
+each as the files prediction needs: the optimizer and other training state stay in the experiment.
 The order of writes is what makes a failed export harmless: every bundle file, then manifest.json, then a check of
 every file at the destination, then latest.json. Running the same export again finds the bundle by its content
 hash and sends only what is missing or different.
@@ -19,7 +20,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from detfuse.core import checkpoint_meta
+import trainables
 from detfuse.core.storage import experiment_storage
 from detfuse.stages import bundle
 from detfuse.stages.ensemble_outputs import read_fusion_spec
@@ -111,10 +112,12 @@ def stage_bundle(experiment_uri, staging_dir, name=None):
     for trial_id, trial in trials.items():
         directory = _checkpoint_dir(trial_id, taken)
         source = local_checkpoint(trial["checkpoint"])
-        contents = {path.relative_to(source).as_posix(): path for path in sorted(source.rglob("*")) if path.is_file()}
-        if checkpoint_meta.FILE_NAME not in contents:
-            raise UserError(f"{trial['checkpoint']}: no detfuse.json, so trial {trial_id}'s checkpoint cannot be "
-                            f"loaded by `detfuse predict`; is the checkpoint complete?")
+        # what predicting needs, not the optimizer and the other state only resuming the trial needs (2/3 of it)
+        contents = {name: source / name for name in trainables.load_family(trial["family"], trial_id).inference_files()}
+        missing = [name for name, path in contents.items() if not path.is_file()]
+        if missing:
+            raise UserError(f"{trial['checkpoint']}: no {', '.join(missing)}, so trial {trial_id}'s checkpoint cannot "
+                            f"be loaded by `detfuse predict`; is the checkpoint complete?")
         files.update({f"{directory}/{relative}": path for relative, path in contents.items()})
         checkpoints[trial_id] = {"family": trial["family"], "architecture": trial["architecture"],
                                  "path": directory, "source": trial["checkpoint"]}

@@ -28,4 +28,10 @@ def load_predictor(checkpoint_dir, device="cpu"):
     return load(checkpoint_dir, device)
 
 
-__all__ = ["ARCHITECTURES", "named_weights", "trial_workers", "train", "load_predictor"]
+def inference_files():
+    from trainables.detectron2.checkpoints import INFERENCE_FILES
+
+    return INFERENCE_FILES
+
+
+__all__ = ["ARCHITECTURES", "named_weights", "trial_workers", "train", "load_predictor", "inference_files"]

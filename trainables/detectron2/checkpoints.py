@@ -22,6 +22,7 @@ FAMILY = "detectron2"
 MODEL_FILE = "model.pth"
 TRAINING_STATE_FILE = "training_state.pth"
 CONFIG_FILE = "config.yaml"
+INFERENCE_FILES = (checkpoint_meta.FILE_NAME, MODEL_FILE, CONFIG_FILE)  # what an export bundle carries
 
 
 def write(directory, meta, model_state, training_state, config_text):

@@ -22,6 +22,7 @@ from detfuse.core.errors import UserError
 FAMILY = "yolov5"
 WEIGHTS_FILE = "weights.pt"
 TRAINER_STATE_FILE = "trainer_state.pt"
+INFERENCE_FILES = (checkpoint_meta.FILE_NAME, WEIGHTS_FILE)  # what load_predictor reads: an export bundle's share
 
 
 def write(directory, meta, ema_state, trainer_state):
