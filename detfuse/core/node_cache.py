@@ -22,18 +22,25 @@ def cache_root() -> Path:
     return root
 
 
+def _once(entry: Path, present, make) -> Path:
+    """Return `entry`, first calling `make()` under the entry's file lock unless `present(entry)`: concurrent trials
+    on a node wait for the one that makes it, then find it made."""
+    if present(entry):
+        return entry
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry) + ".lock"):
+        if not present(entry):  # another process may have made it while we waited for the lock
+            make()
+    return entry
+
+
 def build_once(entry: Path, build) -> Path:
-    """Return `entry`, first calling `build(tmp_dir)` to fill it if it does not exist yet.
+    """Return the directory `entry`, first calling `build(tmp_dir)` to fill it if it does not exist yet.
 
     `build` writes into an empty temporary directory beside `entry`; it is renamed to `entry` only when `build`
     returns, and removed when it raises.
     """
-    if entry.is_dir():
-        return entry
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(entry) + ".lock"):
-        if entry.is_dir():  # another process built it while we waited for the lock
-            return entry
+    def make():
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".partial", dir=entry.parent))
         try:
             build(tmp_dir)
@@ -41,7 +48,8 @@ def build_once(entry: Path, build) -> Path:
         except BaseException:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise
-    return entry
+
+    return _once(entry, Path.is_dir, make)
 
 
 def file_once(entry: Path, write) -> Path:
@@ -51,13 +59,9 @@ def file_once(entry: Path, write) -> Path:
     returns. A `part` left by a failed attempt stays for the next one: `write` decides whether to continue it.
     A file placed at `entry` by hand (a pre-seeded cache) counts as built.
     """
-    if entry.is_file():
-        return entry
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(entry) + ".lock"):
-        if entry.is_file():  # another process wrote it while we waited for the lock
-            return entry
+    def make():
         part = entry.with_name(entry.name + ".part")
         write(part)
         os.rename(part, entry)
-    return entry
+
+    return _once(entry, Path.is_file, make)
