@@ -3,7 +3,8 @@
 A family package exposes `ARCHITECTURES` (name -> adapter with a `hyperparameters` HyperparameterSet and
 `resolve(hparams, where, has_weights)`), `trial_workers(resources, where)` (the processes a trial trains in),
 `named_weights(source, where)` (the detfuse.core.weights_source.NamedWeights of a name the family publishes
-weights under, e.g. detectron2://... or yolov5su.pt; None for any other source),
+weights under, e.g. detectron2://... or yolov5su.pt; None for any other source) with `WEIGHTS_NAME_FORM` (how
+those names look, for messages),
 `train(config)` (a Ray Tune function trainable, given a resolved trial config: trial_config.py),
 `load_predictor(checkpoint_dir, device)` and `inference_files()` (the names of the files in a checkpoint directory
 that `load_predictor` needs: what an export bundle carries, without the state only resuming needs). Importing a
@@ -40,6 +41,14 @@ def family_of(architecture, where="config"):
 def run_trial(config):
     """The one Tune trainable for every family: dispatch to the family named in the trial config."""
     return load_family(config["family"]).train(config)
+
+
+def weights_forms():
+    """Every way a `weights` setting may name its file, as messages list them: the core's, then each family's."""
+    from detfuse.core.weights_source import SOURCE_FORMS
+
+    forms = [*SOURCE_FORMS, *(load_family(name).WEIGHTS_NAME_FORM for name in FAMILIES)]
+    return ", ".join(forms[:-1]) + " or " + forms[-1]
 
 
 def named_weights(source, where="config"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from detfuse.core.errors import UserError
 from detfuse.core.numbers import checked_number
-from detfuse.core.weights_source import FORMS, is_remote, is_url, parse_weights, pinned_local_source, url_cache_key
+from detfuse.core.weights_source import is_remote, is_url, parse_weights, pinned_local_source, url_cache_key
 
 DEFAULTS = {
     "family": None,  # derived from the architecture when absent
@@ -65,7 +65,7 @@ def resolve_weights(value, family, architecture, where):
     absolute: the trial runs elsewhere)."""
     import trainables
 
-    spec = parse_weights(value, where)
+    spec = parse_weights(value, where, trainables.weights_forms())
     if spec is None:
         return None
     spec = pinned_local_source(spec)
@@ -80,7 +80,7 @@ def resolve_weights(value, family, architecture, where):
                         f"{architecture}, of other layer sizes (next to nothing would load): name the "
                         f"{architecture} file, or train {named.architecture}")
     if named is None and not is_remote(spec.source) and not Path(spec.source).exists():
-        raise UserError(f"{where}: weights {spec.source} does not exist; weights are {FORMS}")
+        raise UserError(f"{where}: weights {spec.source} does not exist; weights are {trainables.weights_forms()}")
     return spec
 
 

@@ -38,8 +38,7 @@ from detfuse.core.storage.s3 import fetch as fetch_s3
 from detfuse.core.storage.s3 import is_s3_uri
 from detfuse.core.storage.store import sha256_of
 
-FORMS = ("a local path, an s3:// URI, an http(s):// URL, a detectron2:// model-zoo name or an Ultralytics "
-         "release file name such as yolov5su.pt")
+SOURCE_FORMS = ("a local path", "an s3:// URI", "an http(s):// URL")  # the families add the names they publish under
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -64,11 +63,12 @@ class NamedWeights:
     architecture: str | None = None
 
 
-def parse_weights(value, where) -> WeightsSpec | None:
-    """The `weights` setting of a trial config (a source string or {source, sha256}); None when unset."""
+def parse_weights(value, where, forms) -> WeightsSpec | None:
+    """The `weights` setting of a trial config (a source string or {source, sha256}); None when unset. `forms`:
+    how a source may name its file, for the message (trainables.weights_forms())."""
     if value is None:
         return None
-    shape = f"{where}: 'weights' must be {FORMS}, or a mapping {{source: ..., sha256: ...}}"
+    shape = f"{where}: 'weights' must be {forms}, or a mapping {{source: ..., sha256: ...}}"
     if isinstance(value, str):
         value = {"source": value}
     if not isinstance(value, dict):
@@ -170,7 +170,8 @@ def fetch_weights(spec: WeightsSpec, named: NamedWeights | None, where) -> Path:
     else:
         path = Path(spec.source).expanduser()
         if not path.exists():
-            raise UserError(f"{where}: {spec.source} does not exist on this node; weights are {FORMS}")
+            raise UserError(f"{where}: {spec.source} does not exist on this node: a local path must exist on every "
+                            f"node that runs the trial; put the file on shared storage, or name it by s3:// URI or URL")
     if spec.sha256 is not None and path.is_dir():
         raise UserError(f"{where}: weights.sha256 applies to a file, and {path} is a directory: remove the sha256")
     if spec.sha256 is not None:

@@ -36,7 +36,7 @@ def run_weights_fetch(names, destination, sha256s=(), settings=None, stream=None
     by_file_name = {}  # key -> the local file or S3 object staged there in this run
     for name, sha256 in zip(names, sha256s or [None] * len(names)):
         where = f"detfuse weights fetch {name}"
-        spec = pinned_local_source(parse_weights({"source": name, "sha256": sha256}, where))
+        spec = pinned_local_source(parse_weights({"source": name, "sha256": sha256}, where, trainables.weights_forms()))
         family, named = trainables.named_weights(spec.source, where)
         key = staged_key(spec.source, named)
         if named is None and not is_url(spec.source) and by_file_name.setdefault(key, spec.source) != spec.source:

@@ -6,6 +6,7 @@ does not import detectron2, which `train` and `load_predictor` load on first use
 
 from trainables.detectron2.adapters import ARCHITECTURES
 from trainables.detectron2.resources import trial_workers
+from trainables.detectron2.model_zoo import NAME_FORM as WEIGHTS_NAME_FORM
 from trainables.detectron2.model_zoo import named_weights
 
 
@@ -34,4 +35,4 @@ def inference_files():
     return INFERENCE_FILES
 
 
-__all__ = ["ARCHITECTURES", "named_weights", "trial_workers", "train", "load_predictor", "inference_files"]
+__all__ = ["ARCHITECTURES", "WEIGHTS_NAME_FORM", "named_weights", "trial_workers", "train", "load_predictor", "inference_files"]

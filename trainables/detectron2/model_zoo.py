@@ -11,6 +11,7 @@ import os
 from detfuse.core.weights_source import NamedWeights, safe_relative_path
 
 PREFIX = "detectron2://"
+NAME_FORM = "a detectron2:// model-zoo name"  # for messages listing what `weights` accepts
 ZOO_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 ZOO_URL_VARIABLE = "DETFUSE_DETECTRON2_ZOO_URL"
 

@@ -6,6 +6,7 @@ Importing the package loads only the adapters (no ultralytics): search spaces va
 
 from trainables.yolov5.adapter import ARCHITECTURES
 from trainables.yolov5.resources import trial_workers
+from trainables.yolov5.releases import NAME_FORM as WEIGHTS_NAME_FORM
 from trainables.yolov5.releases import named_weights
 
 
@@ -27,4 +28,4 @@ def inference_files():
     return INFERENCE_FILES
 
 
-__all__ = ["ARCHITECTURES", "named_weights", "trial_workers", "train", "load_predictor", "inference_files"]
+__all__ = ["ARCHITECTURES", "WEIGHTS_NAME_FORM", "named_weights", "trial_workers", "train", "load_predictor", "inference_files"]

@@ -17,6 +17,7 @@ from detfuse.core.weights_source import NamedWeights
 ASSETS_URL = "https://github.com/ultralytics/assets/releases/download/v8.4.0/"
 ASSETS_URL_VARIABLE = "DETFUSE_ULTRALYTICS_ASSETS_URL"
 RELEASE_NAME = re.compile(r"yolov5([nsmlx])u?\.pt")
+NAME_FORM = "an Ultralytics release file name such as yolov5su.pt"  # for messages listing what `weights` accepts
 
 
 def named_weights(source, where):
