@@ -13,13 +13,9 @@ set -euo pipefail
 : "${DATA:?set DATA to a COCO dataset directory}" "${OUT:?set OUT to an empty results directory}"
 GPUS=${GPUS:-"1 2"} ARCHITECTURES=${ARCHITECTURES:-"faster_rcnn retinanet"} EPOCHS=${EPOCHS:-4}
 BATCH_PER_GPU=${BATCH_PER_GPU:-16} IMAGE_SIZE=${IMAGE_SIZE:-640}
-here=$(cd "$(dirname "$0")/.." && pwd)
-export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+source "$(dirname "$0")/common.sh"
 machine_gpus=$(nvidia-smi -L | wc -l)
-card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
-echo "card: $machine_gpus x $card, $(nproc) CPUs; $BATCH_PER_GPU images per GPU, $IMAGE_SIZE px, $EPOCHS epochs" \
+echo "card: $machine_gpus x $(card_name), $(nproc) CPUs; $BATCH_PER_GPU images per GPU, $IMAGE_SIZE px, $EPOCHS epochs" \
   > "$OUT/scaling.md"
 
 for architecture in $ARCHITECTURES; do

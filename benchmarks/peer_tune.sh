@@ -14,12 +14,8 @@ set -euo pipefail
 : "${DATA:?set DATA to a COCO dataset directory}" "${OUT:?set OUT to an empty results directory}"
 TRIALS=${TRIALS:-8} EPOCHS=${EPOCHS:-12} IMAGE_SIZE=${IMAGE_SIZE:-416} BATCH=${BATCH:-32}
 GPU_PER_TRIAL=${GPU_PER_TRIAL:-0.25}
-here=$(cd "$(dirname "$0")/.." && pwd)
-export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)
-card="${card:-no GPU}, $(nproc) CPUs, $(python3 -c 'import torch, ultralytics, ray; print(f"torch {torch.__version__}, Ultralytics {ultralytics.__version__}, Ray {ray.__version__}")' | tail -n 1)"
+source "$(dirname "$0")/common.sh"
+card="$(card_name), $(nproc) CPUs, $(python3 -c 'import torch, ultralytics, ray; print(f"torch {torch.__version__}, Ultralytics {ultralytics.__version__}, Ray {ray.__version__}")' | tail -n 1)"
 python3 - "$OUT/settings.json" "$DATA" "$card" "$IMAGE_SIZE" "$BATCH" <<'PY'
 import json, sys
 path, data, card, image_size, batch = sys.argv[1:]

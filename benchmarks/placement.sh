@@ -13,10 +13,7 @@
 set -euo pipefail
 : "${DATA:?set DATA to a COCO dataset directory}" "${OUT:?set OUT to an empty results directory}"
 D2_TRIALS=${D2_TRIALS:-2} YOLO_TRIALS=${YOLO_TRIALS:-8}
-here=$(cd "$(dirname "$0")/.." && pwd)
-export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+source "$(dirname "$0")/common.sh"
 gpus=$(nvidia-smi -L | wc -l)
 nvidia-smi --query-gpu=index,uuid,name --format=csv,noheader > "$OUT/gpus.csv"
 cat > "$OUT/experiment.yaml" <<YAML

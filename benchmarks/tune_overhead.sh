@@ -10,14 +10,10 @@
 set -euo pipefail
 : "${DATA:?set DATA to a COCO dataset directory}" "${OUT:?set OUT to an empty results directory}"
 FAMILIES=${FAMILIES:-"yolov5s faster_rcnn"}
-here=$(cd "$(dirname "$0")/.." && pwd)
-export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+source "$(dirname "$0")/common.sh"
 cpus=$(( $(nproc) < 8 ? $(nproc) : 8 ))
 gpus=$(python3 -c 'import torch; print(1 if torch.cuda.is_available() else 0)')
-card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)
-echo "card: ${card:-no GPU}, $(nproc) CPUs, $cpus CPUs a trial" > "$OUT/overhead.md"
+echo "card: $(card_name), $(nproc) CPUs, $cpus CPUs a trial" > "$OUT/overhead.md"
 
 for architecture in $FAMILIES; do
   case $architecture in
