@@ -231,3 +231,15 @@ def test_a_local_file_named_like_a_release_is_used_whatever_the_trials_directory
     assert config["weights"]["source"] == str(tmp_path / "yolov5su.pt")
     monkeypatch.chdir("/")  # a Tune trial runs in its own directory
     assert fetch(config["weights"]["source"], SHA).read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("variable, source", [
+    ("DETFUSE_DETECTRON2_ZOO_URL", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"),
+    ("DETFUSE_ULTRALYTICS_ASSETS_URL", "yolov5su.pt"),
+])
+def test_a_mirror_that_is_not_a_url_is_refused_at_the_boundary(variable, source, monkeypatch):
+    monkeypatch.setenv(variable, "mirror.internal/weights")
+    architecture = "faster_rcnn" if source.startswith("detectron2://") else "yolov5s"
+    with pytest.raises(UserError, match=rf"\${variable} = 'mirror.internal/weights' is not an http\(s\) URL: set it "
+                                        "to the mirror's base URL"):
+        resolve_trial_config({"architecture": architecture, "weights": source}, "trial.yaml")

@@ -102,6 +102,19 @@ def safe_relative_path(path, where) -> str:
     return "/".join(parts)
 
 
+def published_url(base, variable, path):
+    """The URL of a family's published file `path`: under `base`, or under the mirror the environment variable
+    `variable` names (an air-gapped cluster's copy of the same paths)."""
+    mirror = os.environ.get(variable)
+    if mirror:
+        parts = urlsplit(mirror)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError(f"${variable} = {mirror!r} is not an http(s) URL: set it to the mirror's base URL "
+                            f"(as {base} is the default's), or unset it")
+        base = mirror
+    return base.rstrip("/") + "/" + path
+
+
 def url_cache_key(url, where="weights") -> str:
     """The cache path of a URL's file: url/<host[:port]>/<path>, no credentials; a query adds its short hash to
     the file's stem (keeping the suffix, by which detectron2 tells a .pkl from a .pth)."""

@@ -6,9 +6,7 @@ $DETFUSE_DETECTRON2_ZOO_URL replaces the base, for a mirror inside an air-gapped
 detectron2/PATH whichever base served the file. Importing this module does not import detectron2.
 """
 
-import os
-
-from detfuse.core.weights_source import NamedWeights, safe_relative_path
+from detfuse.core.weights_source import NamedWeights, published_url, safe_relative_path
 
 PREFIX = "detectron2://"
 NAME_FORM = "a detectron2:// model-zoo name"  # for messages listing what `weights` accepts
@@ -21,5 +19,4 @@ def named_weights(source, where):
     if not source.startswith(PREFIX):
         return None
     path = safe_relative_path(source[len(PREFIX):], f"{where}: weights {source}")
-    base = os.environ.get(ZOO_URL_VARIABLE) or ZOO_URL
-    return NamedWeights(url=base.rstrip("/") + "/" + path, cache_key=f"detectron2/{path}")
+    return NamedWeights(url=published_url(ZOO_URL, ZOO_URL_VARIABLE, path), cache_key=f"detectron2/{path}")

@@ -9,10 +9,9 @@ $DETFUSE_ULTRALYTICS_ASSETS_URL replaces the release's base URL (tag included), 
 air-gapped network; the cache path stays ultralytics/<file>. Importing this module does not import ultralytics.
 """
 
-import os
 import re
 
-from detfuse.core.weights_source import NamedWeights
+from detfuse.core.weights_source import NamedWeights, published_url
 
 ASSETS_URL = "https://github.com/ultralytics/assets/releases/download/v8.4.0/"
 ASSETS_URL_VARIABLE = "DETFUSE_ULTRALYTICS_ASSETS_URL"
@@ -26,6 +25,5 @@ def named_weights(source, where):
     if match is None:
         return None
     name = f"yolov5{match.group(1)}u.pt"
-    base = os.environ.get(ASSETS_URL_VARIABLE) or ASSETS_URL
-    return NamedWeights(url=base.rstrip("/") + "/" + name, cache_key=f"ultralytics/{name}",
+    return NamedWeights(url=published_url(ASSETS_URL, ASSETS_URL_VARIABLE, name), cache_key=f"ultralytics/{name}",
                         architecture=f"yolov5{match.group(1)}")
