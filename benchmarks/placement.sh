@@ -5,11 +5,12 @@
 #   DATA=path/to/coco-dataset OUT=results-dir [D2_TRIALS=2] [YOLO_TRIALS=8] bash benchmarks/placement.sh
 #
 # The search: D2_TRIALS Faster R-CNN R50-FPN trials (benchmarks/spaces/bench_faster_rcnn.yaml) asking for every
-# GPU (Ray Train DDP, one worker a GPU) and half the CPUs, and YOLO_TRIALS YOLOv5s trials
-# (benchmarks/spaces/bench_yolov5s.yaml) at a quarter of a GPU and 2 CPUs each, ASHA reduction 2. Beside it,
-# nvidia-smi records each GPU's utilisation and which processes hold memory on it. Writes OUT/placement.md: mean
-# utilisation per GPU while trials were waiting to start (target >= 80 %), seconds a GPU sat idle while trials
-# waited, and for every training process the GPUs it used (a YOLO trial one, a DDP worker one).
+# GPU (Ray Train DDP, one worker a GPU; on a one-GPU machine the trial trains in its own process) and half the
+# CPUs, and YOLO_TRIALS YOLOv5s trials (benchmarks/spaces/bench_yolov5s.yaml) at a quarter of a GPU and 2 CPUs
+# each, ASHA reduction 2. Beside it, nvidia-smi records each GPU's utilisation and which processes hold memory on
+# it. Writes OUT/placement.md: mean utilisation per GPU while trials were waiting to start (target >= 80 %),
+# seconds a GPU sat idle while trials waited, and for every training process the GPUs it used (a YOLO trial one,
+# a DDP worker one).
 set -euo pipefail
 : "${DATA:?set DATA to a COCO dataset directory}" "${OUT:?set OUT to an empty results directory}"
 D2_TRIALS=${D2_TRIALS:-2} YOLO_TRIALS=${YOLO_TRIALS:-8}

@@ -4,6 +4,7 @@ Trials train real (tiny) models on a small synthetic dataset; nothing is mocked.
 tests of the suite: a few minutes each on two cores.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -18,7 +19,8 @@ import pytest
 import ray
 import yaml
 
-from detfuse.stages.tune import run_tune
+from detfuse.stages.experiment import load_experiment
+from detfuse.stages.tune import pending_trials, pending_trials_limit, run_tune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,3 +209,77 @@ def test_a_search_stopped_between_trials_exits_stopped_and_says_how_to_continue(
     assert len(rows) == 1 and not rows[0]["interrupted"], rows  # every trial created had finished
     assert done.returncode == 130, done.stdout[-3000:] + done.stderr[-3000:]
     assert "the search was stopped before it finished: 2 trial(s) not started" in done.stderr
+
+
+# A driver that records, in order, when Tune starts and completes each trial, on a one-node Ray of 4 CPUs.
+RECORDS_TRIAL_EVENTS = """
+import json, sys
+import ray
+from ray import tune
+from detfuse.stages import tune as tune_job
+from detfuse.stages.experiment import load_experiment
+
+
+class Events(tune.Callback):
+    def __init__(self):
+        self.events = []
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.events.append(["start", trial.config["resources"]["cpu"]])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.events.append(["complete", trial.config["resources"]["cpu"]])
+
+    def on_experiment_end(self, trials, **info):
+        print("EVENTS " + json.dumps(self.events))
+
+
+ray.init(num_cpus=4)
+tune_job.wandb_callbacks = lambda experiment: [Events()]
+sys.exit(tune_job.tune_experiment(load_experiment(sys.argv[1])))
+"""
+
+
+def test_a_trial_waiting_for_more_resources_does_not_hold_back_smaller_ones(small_dataset, tmp_path):
+    """Round-robin over two spaces asks for a 2-CPU trial, a 1-CPU one, a 2-CPU one, a 1-CPU one. Once the first
+    two run, one CPU is free: the second 2-CPU trial waits, and the second 1-CPU trial must start beside them
+    (Tune's own rule for a custom searcher keeps one trial waiting and would not even create it)."""
+    space = {"architecture": "yolov5n", "budget": {"max_epochs": 1, "grace_epochs": 1},
+             "fixed": {"hparams": {"image_size": 64, "batch_size": 8}}, "space": {"lr": {"loguniform": [1e-3, 1e-2]}}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    config = {"name": "mixed", "dataset": str(small_dataset), "storage": str(tmp_path / "storage"),
+              "spaces": [{"space": "space.yaml", "num_samples": 2, "resources": {"cpu": 2}},
+                         {"space": "space.yaml", "num_samples": 2, "resources": {"cpu": 1}}]}
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(config))
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "TUNE_MAX_PENDING_TRIALS_PG")}
+    done = subprocess.run([sys.executable, "-c", RECORDS_TRIAL_EVENTS, str(tmp_path / "experiment.yaml")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    events = json.loads(re.search(r"^EVENTS (.*)$", done.stdout, re.MULTILINE).group(1))
+    first_completion = events.index(next(event for event in events if event[0] == "complete"))
+    assert sorted(cpu for _, cpu in events[:first_completion]) == [1, 1, 2], events
+    assert sum(1 for kind, _ in events if kind == "start") == 4, events
+
+
+def test_how_many_trials_may_wait_depends_on_the_searcher_and_the_nodes(monkeypatch):
+    """Random search: every trial may wait. A searcher that learns from results: as many of each space as the nodes
+    run at once (a DDP trial needs all its workers placed; a tenth of a GPU is ten trials, not nine).
+    max_concurrent_trials, or the user's own TUNE_MAX_PENDING_TRIALS_PG, leaves Tune's rule alone."""
+    experiment = load_experiment(ROOT / "configs" / "demo.yaml", [
+        "spaces.0.num_samples=6", "spaces.0.resources={cpu: 8, gpu: 2}",
+        "spaces.1.num_samples=40", "spaces.1.resources={cpu: 2, gpu: 0.1}"])
+    nodes = [(16.0, 2.0), (16.0, 2.0), (4.0, 0.0)]
+    assert pending_trials_limit(experiment, nodes) == 46
+    learning = dataclasses.replace(experiment, searcher="hyperopt")
+    # Faster R-CNN: 2 DDP workers of 4 CPUs and 1 GPU, 2 a GPU node -> 2 trials; YOLO: 8 a GPU node by CPU
+    assert pending_trials_limit(learning, nodes) == 2 + 16
+    assert pending_trials_limit(learning, [(64.0, 1.0)]) == 1 + 10
+    assert pending_trials_limit(dataclasses.replace(experiment, max_concurrent_trials=4), nodes) is None
+
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
+    with pending_trials(46):
+        assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "46"
+    assert "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ
+    monkeypatch.setenv("TUNE_MAX_PENDING_TRIALS_PG", "3")
+    with pending_trials(46):
+        assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "3"

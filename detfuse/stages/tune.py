@@ -7,7 +7,9 @@ Writes Tune's state, trial checkpoints, TensorBoard/CSV logs and `leaderboard.js
 `<storage>/<name>/`. `--resume` continues a killed run from that storage without repeating finished trials.
 """
 
+import contextlib
 import json
+import os
 import sys
 
 from ray import tune
@@ -51,6 +53,50 @@ def check_resources_fit(experiment):
                 f"{experiment.path}: space '{entry.space.name}' asks for {cpu:g} CPU and {gpu:g} GPU per trial, "
                 f"more than this cluster offers (largest node: {largest[0]:g} CPU, {largest[1]:g} GPU; "
                 f"{sum(g for _, g in capacities):g} GPUs in all); lower its resources or add larger nodes")
+
+
+def pending_trials_limit(experiment, capacities):
+    """How many trials Tune may keep waiting for resources at once, or None where Tune's own rule is right.
+
+    For a searcher of its own Tune keeps one waiting trial, unless max_concurrent_trials is set (then that many).
+    One is too few in a mixed search: a trial waiting for a whole GPU keeps every smaller trial from being created,
+    though they would fit beside the trials running (on one H200, 2 Faster R-CNN trials of one GPU among 8 YOLO
+    trials of a quarter held its mean utilisation to 27 %). Random sampling loses nothing by sampling early, so
+    every trial may wait; a searcher that learns from results gets as many as fit on the cluster at once (a
+    trial of each space more than that would only wait), so its suggestions wait no longer than they must.
+    """
+    if experiment.max_concurrent_trials is not None:
+        return None
+    if experiment.searcher == "random":
+        return sum(entry.num_samples for entry in experiment.entries)
+    return sum(min(entry.num_samples, trials_at_once(entry, capacities)) for entry in experiment.entries)
+
+
+def trials_at_once(entry, capacities):
+    """How many trials of `entry` the nodes (CPUs, GPUs) run at once, at least one (a node may join later)."""
+    resources = entry.settings["resources"]
+    workers = trainables.load_family(entry.space.family).trial_workers(resources)
+    cpu, gpu = resources["cpu"] / workers, resources["gpu"] / workers
+    worker_slots = 0
+    for node_cpu, node_gpu in capacities:
+        by_gpu = int(node_gpu / gpu + 1e-6) if gpu else None  # Ray counts resources to 1e-4
+        by_cpu = int(node_cpu / cpu + 1e-6)
+        worker_slots += by_cpu if by_gpu is None else min(by_cpu, by_gpu)
+    return max(1, worker_slots // workers)
+
+
+@contextlib.contextmanager
+def pending_trials(limit):
+    """Tune reads its pending-trial limit from the environment when a run starts; a value the user set wins."""
+    variable = "TUNE_MAX_PENDING_TRIALS_PG"
+    if limit is None or variable in os.environ:
+        yield
+        return
+    os.environ[variable] = str(limit)
+    try:
+        yield
+    finally:
+        del os.environ[variable]
 
 
 def trial_name(trial):
@@ -207,7 +253,8 @@ def tune_experiment(experiment, resume=False, verbose=False):
                                    resume_errored=True)
     else:
         tuner = new_tuner(experiment, verbose)
-    results = tuner.fit()
+    with pending_trials(pending_trials_limit(experiment, node_capacities())):
+        results = tuner.fit()
     rows = build_leaderboard(results, experiment.storage, saved_statuses(experiment.uri))
     print_summary(rows, write_leaderboard(rows, experiment.uri))
     unfinished = unfinished_search(rows, experiment_storage.read_json(
