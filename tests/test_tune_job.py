@@ -261,19 +261,19 @@ def test_a_trial_waiting_for_more_resources_does_not_hold_back_smaller_ones(smal
     assert sum(1 for kind, _ in events if kind == "start") == 4, events
 
 
-def test_how_many_trials_may_wait_depends_on_the_searcher_and_the_nodes(monkeypatch):
-    """Random search: every trial may wait. A searcher that learns from results: as many of each space as the nodes
-    run at once (a DDP trial needs all its workers placed; a tenth of a GPU is ten trials, not nine).
-    max_concurrent_trials, or the user's own TUNE_MAX_PENDING_TRIALS_PG, leaves Tune's rule alone."""
+def test_as_many_trials_may_wait_as_the_nodes_run_at_once(monkeypatch):
+    """Per space, the trials the nodes run at once (a DDP trial needs all its workers placed; a tenth of a GPU is
+    ten trials, not nine), whatever the searcher. max_concurrent_trials, or the user's own
+    TUNE_MAX_PENDING_TRIALS_PG, leaves Tune's rule alone."""
     experiment = load_experiment(ROOT / "configs" / "demo.yaml", [
         "spaces.0.num_samples=6", "spaces.0.resources={cpu: 8, gpu: 2}",
         "spaces.1.num_samples=40", "spaces.1.resources={cpu: 2, gpu: 0.1}"])
     nodes = [(16.0, 2.0), (16.0, 2.0), (4.0, 0.0)]
-    assert pending_trials_limit(experiment, nodes) == 46
-    learning = dataclasses.replace(experiment, searcher="hyperopt")
     # Faster R-CNN: 2 DDP workers of 4 CPUs and 1 GPU, 2 a GPU node -> 2 trials; YOLO: 8 a GPU node by CPU
-    assert pending_trials_limit(learning, nodes) == 2 + 16
-    assert pending_trials_limit(learning, [(64.0, 1.0)]) == 1 + 10
+    assert pending_trials_limit(experiment, nodes) == 2 + 16
+    assert pending_trials_limit(dataclasses.replace(experiment, searcher="hyperopt"), nodes) == 2 + 16
+    assert pending_trials_limit(experiment, [(64.0, 1.0)]) == 1 + 10
+    assert pending_trials_limit(experiment, [(64.0, 1.0)] * 10) == 5 + 40  # capped by num_samples
     assert pending_trials_limit(dataclasses.replace(experiment, max_concurrent_trials=4), nodes) is None
 
     monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)

@@ -32,8 +32,8 @@ def connect(verbose=False):
 
 
 def node_capacities(autoscaler_config=AUTOSCALER_CONFIG):
-    """(CPUs, GPUs) of every node a trial could land on: the alive nodes, plus the nodes the autoscaler may still
-    launch, max_workers of each type (on a fresh cluster-launcher cluster only the CPU head is up yet)."""
+    """(CPUs, GPUs) of every node a trial could land on: the alive nodes, plus every node type the autoscaler
+    may still launch (on a fresh cluster-launcher cluster only the CPU head is up yet)."""
     capacities = [(node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0))
                   for node in ray.nodes() if node["Alive"]]
     if autoscaler_config.is_file():
@@ -41,6 +41,5 @@ def node_capacities(autoscaler_config=AUTOSCALER_CONFIG):
         for node_type in (config.get("available_node_types") or {}).values():
             if node_type.get("max_workers", 0) > 0:
                 resources = node_type.get("resources") or {}
-                capacities.extend([(float(resources.get("CPU", 0)), float(resources.get("GPU", 0)))]
-                                  * node_type["max_workers"])
+                capacities.append((float(resources.get("CPU", 0)), float(resources.get("GPU", 0))))
     return capacities

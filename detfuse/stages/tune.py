@@ -61,14 +61,14 @@ def pending_trials_limit(experiment, capacities):
     For a searcher of its own Tune keeps one waiting trial, unless max_concurrent_trials is set (then that many).
     One is too few in a mixed search: a trial waiting for a whole GPU keeps every smaller trial from being created,
     though they would fit beside the trials running (on one H200, 2 Faster R-CNN trials of one GPU among 8 YOLO
-    trials of a quarter held its mean utilisation to 27 %). Random sampling loses nothing by sampling early, so
-    every trial may wait; a searcher that learns from results gets as many as fit on the cluster at once (a
-    trial of each space more than that would only wait), so its suggestions wait no longer than they must.
+    trials of a quarter held its mean utilisation to 27 %). The limit here is as many trials of each space as the
+    nodes run at once. More would not start sooner; they would let small trials take every freed share of a GPU
+    ahead of a waiting large one for as long as small ones remain, and a learning searcher would suggest them
+    without the results still to come. With this bound, once the waiting trials are all large, no small one is
+    created until a large one has started.
     """
     if experiment.max_concurrent_trials is not None:
         return None
-    if experiment.searcher == "random":
-        return sum(entry.num_samples for entry in experiment.entries)
     return sum(min(entry.num_samples, trials_at_once(entry, capacities)) for entry in experiment.entries)
 
 
