@@ -2,6 +2,7 @@
 detectron2's per-machine process group set up, reporting to Tune and resuming from its Tune checkpoint."""
 
 import sys
+from pathlib import Path
 
 import pytest
 import ray
@@ -96,3 +97,35 @@ def test_failed_ddp_trial_resumes_from_its_tune_checkpoint(straight, tmp_path):
     with result.checkpoint.as_directory() as directory:
         weights = checkpoints.read_model_state(directory)
     assert max((weights[k] - expected[k]).abs().max().item() for k in expected) < 1e-5
+
+
+def test_rank_zero_hands_its_checkpoint_over_as_links_on_the_trial_node_and_as_contents_from_another(
+        local_ray, tmp_path):
+    """On the trial process's node the checkpoint's files are linked, not copied, into the trial's handover folder
+    and removed once reported; from another node they arrive as contents. Either way nothing is left behind."""
+    from ray.util.queue import Queue
+
+    checkpoint_dir = tmp_path / "checkpoint"
+    (checkpoint_dir / "state").mkdir(parents=True)
+    (checkpoint_dir / "model.pth").write_bytes(b"weights")
+    (checkpoint_dir / "state" / "training.pth").write_bytes(b"optimizer")
+    root = tmp_path / "handover"
+    root.mkdir()
+    queue = Queue(maxsize=1)
+
+    ddp.QueueReport(queue, ray.get_runtime_context().get_node_id(), str(root))({"mAP50": 0.5}, checkpoint_dir)
+    metrics, checkpoint = queue.get(timeout=30)
+    with ddp._received_checkpoint(checkpoint) as received:
+        received = Path(received)
+        assert received.parent == root and metrics == {"mAP50": 0.5}
+        assert (received / "model.pth").stat().st_ino == (checkpoint_dir / "model.pth").stat().st_ino
+        assert (received / "state" / "training.pth").read_bytes() == b"optimizer"
+    assert list(root.iterdir()) == []
+
+    ddp.QueueReport(queue, "another node", str(root))({"mAP50": 0.5}, checkpoint_dir)
+    _, checkpoint = queue.get(timeout=30)
+    assert list(root.iterdir()) == []
+    with ddp._received_checkpoint(checkpoint) as received:
+        assert (Path(received) / "model.pth").read_bytes() == b"weights"
+        assert (Path(received) / "state" / "training.pth").read_bytes() == b"optimizer"
+    assert not Path(received).exists()

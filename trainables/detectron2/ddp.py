@@ -1,13 +1,17 @@
 """DDP trials: a TorchTrainer inside the Tune trial runs N Ray Train workers, each training like a one-process
 trial, with detectron2's process-group state set up as its `launch()` would.
 
-The Tune trial keeps owning the results: rank 0 sends each evaluation with its checkpoint files through a Ray
-queue to the trial's own process, which reports them to Tune. ASHA stopping and Tune's restore therefore work
-as for one-process trials, and the checkpoint to resume from travels to the workers as file contents (they
-may run on other nodes). Ray Train schedules the workers itself, so the Tune trial must not hold their GPUs.
+The Tune trial keeps owning the results: rank 0 sends each evaluation with its checkpoint through a Ray queue
+to the trial's own process, which reports them to Tune. ASHA stopping and Tune's restore therefore work as for
+one-process trials. On the trial's own node the checkpoint changes hands as a directory of hard links, since
+every rank waits while rank 0 reports (a Faster R-CNN checkpoint with AdamW state is about 500 MB, which the
+queue would copy four times); from another node it travels as file contents, as the checkpoint to resume from
+travels to the workers. Ray Train schedules the workers itself, so the Tune trial must not hold their GPUs.
 """
 
 import contextlib
+import os
+import shutil
 import tempfile
 import threading
 import uuid
@@ -29,10 +33,14 @@ def train_distributed(config, num_workers, use_gpu, checkpoint_dir=None, trial="
     resume = None if checkpoint_dir is None else ray.put(_read_files(checkpoint_dir))
     cpus_per_worker = max(1.0, config.get("resources", {}).get("cpu", 1) / num_workers)
     with tempfile.TemporaryDirectory(prefix="detfuse-ddp-") as storage:
+        # rank 0 hands checkpoints over in here when it runs on this node; what a stop leaves goes with it
+        handover = {"node": ray.get_runtime_context().get_node_id(), "root": str(Path(storage) / "handover")}
+        Path(handover["root"]).mkdir()
         trainer = TorchTrainer(
             _train_worker,
             # the checkpoint ref sits in a list so Ray hands it over unresolved; workers fetch it themselves
-            train_loop_config={"config": config, "reports": reports, "resume": [resume], "trial": trial},
+            train_loop_config={"config": config, "reports": reports, "resume": [resume], "trial": trial,
+                               "handover": handover},
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": cpus_per_worker, "GPU": 1 if use_gpu else 0}),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -43,11 +51,10 @@ def train_distributed(config, num_workers, use_gpu, checkpoint_dir=None, trial="
         fitting.start()
         while fitting.is_alive() or not reports.empty():
             try:
-                metrics, files = reports.get(timeout=1.0)
+                metrics, checkpoint = reports.get(timeout=1.0)
             except Empty:
                 continue
-            with tempfile.TemporaryDirectory(prefix="detfuse-d2-checkpoint-") as directory:
-                _write_files(directory, files)
+            with _received_checkpoint(checkpoint) as directory:
                 trial_link.report(metrics, directory)
         fitting.join()
     if "error" in outcome:
@@ -84,8 +91,8 @@ def _train_worker(loop_config):
     set_up_local_process_group(ray.train.get_context().get_node_rank())
     resume = loop_config["resume"][0]
     with _checkpoint_copy(None if resume is None else ray.get(resume)) as checkpoint_dir:
-        worker.run_worker(loop_config["config"], checkpoint_dir, QueueReport(loop_config["reports"]), device,
-                          trial=loop_config["trial"])
+        report = QueueReport(loop_config["reports"], **loop_config["handover"])
+        worker.run_worker(loop_config["config"], checkpoint_dir, report, device, trial=loop_config["trial"])
 
 
 def set_up_local_process_group(node_rank):
@@ -106,13 +113,52 @@ def set_up_local_process_group(node_rank):
 
 
 class QueueReport:
-    """Stands in for `detfuse.trial_link.report` in rank 0: ships metrics and checkpoint files to the trial process."""
+    """Stands in for `detfuse.trial_link.report` in rank 0: ships metrics and the checkpoint to the trial process.
+    That process runs on the Ray node `node`: from there the checkpoint goes as a directory under its `root`,
+    from another node as file contents."""
 
-    def __init__(self, queue):
+    def __init__(self, queue, node, root):
         self.queue = queue
+        self.node = node
+        self.root = root
 
     def __call__(self, metrics, checkpoint_dir):
-        self.queue.put((metrics, _read_files(checkpoint_dir)))
+        import ray
+
+        if ray.get_runtime_context().get_node_id() == self.node:
+            checkpoint = {"directory": _handover_copy(checkpoint_dir, self.root)}
+        else:
+            checkpoint = {"files": _read_files(checkpoint_dir)}
+        self.queue.put((metrics, checkpoint))
+
+
+def _handover_copy(directory, root):
+    """A copy of `directory` under `root` for the trial process to report and remove: hard links where the file
+    system allows them (the checkpoint's files are not written again), file copies where it does not."""
+    handover = tempfile.mkdtemp(prefix="checkpoint-", dir=root)
+    shutil.copytree(directory, handover, copy_function=_link_or_copy, dirs_exist_ok=True)
+    return handover
+
+
+def _link_or_copy(source, target):
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+@contextlib.contextmanager
+def _received_checkpoint(checkpoint):
+    """The directory of a checkpoint rank 0 sent (see QueueReport), removed once the caller is done with it."""
+    if "directory" in checkpoint:
+        try:
+            yield checkpoint["directory"]
+        finally:
+            shutil.rmtree(checkpoint["directory"], ignore_errors=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="detfuse-d2-checkpoint-") as directory:
+        _write_files(directory, checkpoint["files"])
+        yield directory
 
 
 def _read_files(directory):
