@@ -15,8 +15,18 @@ from detfuse.core import trial_link
 from trainables.detectron2 import checkpoints, ddp, load_predictor
 
 
-def two_worker_trial(tune_config, settings):
-    """A Tune trial asking for two CPU workers (`settings` is the trial config)."""
+def two_worker_trial(tune_config, settings, reported_from=None):
+    """A Tune trial asking for two CPU workers (`settings` is the trial config); with `reported_from`, the
+    directories its checkpoints were reported from are appended to that file."""
+    if reported_from is not None:
+        report = trial_link.report
+
+        def recording_report(metrics, checkpoint_dir=None):
+            with open(reported_from, "a") as record:
+                record.write(f"{checkpoint_dir}\n")
+            report(metrics, checkpoint_dir)
+
+        trial_link.report = recording_report  # in this trial's process only
     with trial_link.resume_checkpoint() as checkpoint_dir:
         ddp.train_distributed(settings, num_workers=2, use_gpu=False, checkpoint_dir=checkpoint_dir)
 
@@ -58,12 +68,14 @@ def fit(trainable, storage, name, max_failures=0):
 def straight(local_ray, tiny_dataset, tmp_path_factory):  # noqa: F811
     # 12 images, global batch 4 = 2 per worker: 3 iterations per epoch, a report each epoch
     config = trial_config("faster_rcnn", tiny_dataset, max_epochs=2.0, eval_every=1.0)
-    return config, fit(tune.with_parameters(two_worker_trial, settings=config), tmp_path_factory.mktemp("tune"),
-                       "straight")
+    reported_from = tmp_path_factory.mktemp("reports") / "reported_from.txt"
+    result = fit(tune.with_parameters(two_worker_trial, settings=config, reported_from=str(reported_from)),
+                 tmp_path_factory.mktemp("tune"), "straight")
+    return config, result, reported_from.read_text().splitlines()
 
 
 def test_two_gloo_workers_train_one_tune_trial(straight, tiny_dataset):  # noqa: F811
-    _, result = straight
+    _, result, reported_from = straight
     assert result.error is None
     history = result.metrics_dataframe
     assert list(history["epoch"]) == [1.0, 2.0] and list(history["iteration"]) == [3, 6]
@@ -80,11 +92,14 @@ def test_two_gloo_workers_train_one_tune_trial(straight, tiny_dataset):  # noqa:
         assert [w["stream"]["drawn"] - sum(map(len, w["stream"]["buckets"])) for w in workers] == [12, 12]
         assert not torch.equal(workers[0]["rng"]["torch"], workers[1]["rng"]["torch"])
         assert len(load_predictor(directory).predict([tiny_dataset / "images" / "val_0000.jpg"])) == 1
+    # rank 0 shares this node with the trial: both checkpoints were handed over as folders of links, since removed
+    assert len(reported_from) == 2 and all(Path(d).parent.name == "handover" for d in reported_from), reported_from
+    assert not any(Path(d).parent.exists() for d in reported_from)
 
 
 @pytest.mark.slow
 def test_failed_ddp_trial_resumes_from_its_tune_checkpoint(straight, tmp_path):
-    config, expected_result = straight
+    config, expected_result, _ = straight
     trainable = tune.with_parameters(two_worker_trial_that_crashes_once, settings=config,
                                      marker=tmp_path / "crashed-once")
     result = fit(trainable, tmp_path, "crashing", max_failures=1)
@@ -100,7 +115,7 @@ def test_failed_ddp_trial_resumes_from_its_tune_checkpoint(straight, tmp_path):
 
 
 def test_rank_zero_hands_its_checkpoint_over_as_links_on_the_trial_node_and_as_contents_from_another(
-        local_ray, tmp_path):
+        local_ray, tmp_path, monkeypatch):
     """On the trial process's node the checkpoint's files are linked, not copied, into the trial's handover folder
     and removed once reported; from another node they arrive as contents. Either way nothing is left behind."""
     from ray.util.queue import Queue
@@ -122,10 +137,29 @@ def test_rank_zero_hands_its_checkpoint_over_as_links_on_the_trial_node_and_as_c
         assert (received / "state" / "training.pth").read_bytes() == b"optimizer"
     assert list(root.iterdir()) == []
 
+    def sent_as_contents():
+        _, checkpoint = queue.get(timeout=30)
+        with ddp._received_checkpoint(checkpoint) as received:
+            assert Path(received).parent != root
+            assert (Path(received) / "model.pth").read_bytes() == b"weights"
+            assert (Path(received) / "state" / "training.pth").read_bytes() == b"optimizer"
+        assert not Path(received).exists()
+
     ddp.QueueReport(queue, "another node", str(root))({"mAP50": 0.5}, checkpoint_dir)
-    _, checkpoint = queue.get(timeout=30)
+    sent_as_contents()
     assert list(root.iterdir()) == []
+
+    # a file system without hard links between the two: the same folder, of copies
+    monkeypatch.setattr(ddp.os, "link", lambda source, target: (_ for _ in ()).throw(OSError(18, "cross-device")))
+    ddp.QueueReport(queue, ray.get_runtime_context().get_node_id(), str(root))({"mAP50": 0.5}, checkpoint_dir)
+    _, checkpoint = queue.get(timeout=30)
     with ddp._received_checkpoint(checkpoint) as received:
-        assert (Path(received) / "model.pth").read_bytes() == b"weights"
+        assert Path(received).parent == root
+        assert (Path(received) / "model.pth").stat().st_ino != (checkpoint_dir / "model.pth").stat().st_ino
         assert (Path(received) / "state" / "training.pth").read_bytes() == b"optimizer"
-    assert not Path(received).exists()
+    assert list(root.iterdir()) == []
+
+    # the trial's root out of reach (a worker in its own container, or the trial already gone): contents
+    root.rmdir()
+    ddp.QueueReport(queue, ray.get_runtime_context().get_node_id(), str(root))({"mAP50": 0.5}, checkpoint_dir)
+    sent_as_contents()

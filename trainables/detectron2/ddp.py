@@ -49,14 +49,17 @@ def train_distributed(config, num_workers, use_gpu, checkpoint_dir=None, trial="
         outcome = {}
         fitting = threading.Thread(target=_fit, args=(trainer, outcome), daemon=True)
         fitting.start()
-        while fitting.is_alive() or not reports.empty():
-            try:
-                metrics, checkpoint = reports.get(timeout=1.0)
-            except Empty:
-                continue
-            with _received_checkpoint(checkpoint) as directory:
-                trial_link.report(metrics, directory)
-        fitting.join()
+        try:
+            while fitting.is_alive() or not reports.empty():
+                try:
+                    metrics, checkpoint = reports.get(timeout=1.0)
+                except Empty:
+                    continue
+                with _received_checkpoint(checkpoint) as directory:
+                    trial_link.report(metrics, directory)
+            fitting.join()
+        finally:
+            _retire(handover["root"])
     if "error" in outcome:
         raise _user_error_of(outcome["error"]) or outcome["error"]
 
@@ -125,19 +128,28 @@ class QueueReport:
     def __call__(self, metrics, checkpoint_dir):
         import ray
 
+        checkpoint = None
         if ray.get_runtime_context().get_node_id() == self.node:
-            checkpoint = {"directory": _handover_copy(checkpoint_dir, self.root)}
-        else:
+            checkpoint = _handover_copy(checkpoint_dir, self.root)
+        if checkpoint is None:  # another node, or one whose file system this worker does not share
             checkpoint = {"files": _read_files(checkpoint_dir)}
         self.queue.put((metrics, checkpoint))
 
 
 def _handover_copy(directory, root):
-    """A copy of `directory` under `root` for the trial process to report and remove: hard links where the file
-    system allows them (the checkpoint's files are not written again), file copies where it does not."""
-    handover = tempfile.mkdtemp(prefix="checkpoint-", dir=root)
-    shutil.copytree(directory, handover, copy_function=_link_or_copy, dirs_exist_ok=True)
-    return handover
+    """{"directory": a copy of `directory` under `root`} for the trial process to report and remove: hard links
+    where the file system allows them (the checkpoint's files are not written again), file copies where it does
+    not. None when `root` cannot be reached from here (a worker in its own container; the trial has ended)."""
+    try:
+        handover = tempfile.mkdtemp(prefix="checkpoint-", dir=root)
+    except OSError:
+        return None
+    try:
+        shutil.copytree(directory, handover, copy_function=_link_or_copy, dirs_exist_ok=True)
+    except OSError:
+        shutil.rmtree(handover, ignore_errors=True)
+        return None
+    return {"directory": handover}
 
 
 def _link_or_copy(source, target):
@@ -145,6 +157,17 @@ def _link_or_copy(source, target):
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+
+
+def _retire(root):
+    """Remove the hand-over root for good: renamed first, so that a rank 0 still running cannot add to it while it
+    is being removed (its copy then fails and it falls back to file contents nobody reads)."""
+    retired = f"{root}.retired"
+    try:
+        os.rename(root, retired)
+    except OSError:
+        return
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 @contextlib.contextmanager
