@@ -38,15 +38,21 @@ def trial_resources(config):
     return tune.PlacementGroupFactory([{"CPU": cpu, "GPU": gpu}] if gpu else [{"CPU": cpu}])
 
 
+def worker_resources(entry):
+    """(workers, CPUs a worker, GPUs a worker) of one trial of `entry`: its family may train it in several."""
+    resources = entry.settings["resources"]
+    workers = trainables.load_family(entry.space.family).trial_workers(resources)
+    return workers, resources["cpu"] / workers, resources["gpu"] / workers
+
+
 def check_resources_fit(experiment):
     """Every trial must fit on the cluster (several workers: each on some node, all of them in total), or Tune
     would wait for it forever."""
     capacities = node_capacities()
     for entry in experiment.entries:
         cpu, gpu = entry.settings["resources"]["cpu"], entry.settings["resources"]["gpu"]
-        workers = trainables.load_family(entry.space.family).trial_workers(entry.settings["resources"])
-        per_worker = (cpu / workers, gpu / workers)
-        fits_a_node = any(per_worker[0] <= node_cpu and per_worker[1] <= node_gpu for node_cpu, node_gpu in capacities)
+        _, worker_cpu, worker_gpu = worker_resources(entry)
+        fits_a_node = any(worker_cpu <= node_cpu and worker_gpu <= node_gpu for node_cpu, node_gpu in capacities)
         if not fits_a_node or sum(node_gpu for _, node_gpu in capacities) < gpu:
             largest = max(capacities, default=(0, 0))
             raise UserError(
@@ -74,9 +80,7 @@ def pending_trials_limit(experiment, capacities):
 
 def trials_at_once(entry, capacities):
     """How many trials of `entry` the nodes (CPUs, GPUs) run at once, at least one (a node may join later)."""
-    resources = entry.settings["resources"]
-    workers = trainables.load_family(entry.space.family).trial_workers(resources)
-    cpu, gpu = resources["cpu"] / workers, resources["gpu"] / workers
+    workers, cpu, gpu = worker_resources(entry)
     worker_slots = 0
     for node_cpu, node_gpu in capacities:
         by_gpu = int(node_gpu / gpu + 1e-6) if gpu else None  # Ray counts resources to 1e-4
