@@ -2,13 +2,14 @@
 # Placement and GPU utilisation of a mixed search on every GPU of one machine: detectron2 DDP trials on all of
 # its GPUs next to fractional YOLO trials, with the GPUs sampled every second.
 #
-#   DATA=path/to/coco-dataset OUT=results-dir [D2_TRIALS=2] [YOLO_TRIALS=8] bash benchmarks/placement.sh
+#   DATA=path/to/coco-dataset OUT=results-dir [D2_TRIALS=2] [YOLO_TRIALS=8] [D2_GPU=0.5] bash benchmarks/placement.sh
 #
 # The search: D2_TRIALS Faster R-CNN R50-FPN trials (benchmarks/spaces/bench_faster_rcnn.yaml) asking for every
 # GPU (Ray Train DDP, one worker a GPU; on a one-GPU machine the trial trains in its own process) and half the
-# CPUs, and YOLO_TRIALS YOLOv5s trials (benchmarks/spaces/bench_yolov5s.yaml) at a quarter of a GPU and 2 CPUs
-# each, ASHA reduction 2. Beside it, nvidia-smi records each GPU's utilisation and which processes hold memory on
-# it. Writes OUT/placement.md: mean utilisation per GPU while trials were waiting to start (target >= 80 %),
+# CPUs (or, with D2_GPU set, that share of a GPU and a quarter of the CPUs: two trials sharing a large card),
+# and YOLO_TRIALS YOLOv5s trials (benchmarks/spaces/bench_yolov5s.yaml) at a quarter of a GPU and 2 CPUs each,
+# ASHA reduction 2. Beside it, nvidia-smi records each GPU's utilisation and which processes hold memory on it.
+# Writes OUT/placement.md: mean utilisation per GPU while trials were waiting to start (target >= 80 %),
 # seconds a GPU sat idle while trials waited, and for every training process the GPUs it used (a YOLO trial one,
 # a DDP worker one).
 set -euo pipefail
@@ -16,13 +17,14 @@ set -euo pipefail
 D2_TRIALS=${D2_TRIALS:-2} YOLO_TRIALS=${YOLO_TRIALS:-8}
 source "$(dirname "$0")/common.sh"
 gpus=$(nvidia-smi -L | wc -l)
+if [[ -n ${D2_GPU:-} ]]; then d2_gpu=$D2_GPU d2_cpu=$(( $(nproc) / 4 )); else d2_gpu=$gpus d2_cpu=$(( $(nproc) / 2 )); fi
 nvidia-smi --query-gpu=index,uuid,name --format=csv,noheader > "$OUT/gpus.csv"
 cat > "$OUT/experiment.yaml" <<YAML
 name: placement
 dataset: $DATA
 storage: $OUT/runs
 spaces:
-  - {space: $here/benchmarks/spaces/bench_faster_rcnn.yaml, num_samples: $D2_TRIALS, resources: {cpu: $(( $(nproc) / 2 )), gpu: $gpus}}
+  - {space: $here/benchmarks/spaces/bench_faster_rcnn.yaml, num_samples: $D2_TRIALS, resources: {cpu: $d2_cpu, gpu: $d2_gpu}}
   - {space: $here/benchmarks/spaces/bench_yolov5s.yaml, num_samples: $YOLO_TRIALS, resources: {cpu: 2, gpu: 0.25}}
 scheduler: {reduction_factor: 2}
 YAML

@@ -20,7 +20,7 @@ import ray
 import yaml
 
 from detfuse.stages.experiment import load_experiment
-from detfuse.stages.tune import pending_trials, pending_trials_limit, run_tune
+from detfuse.stages.tune import pending_trials, pending_trials_limit, reuses_trial_processes, run_tune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -283,3 +283,55 @@ def test_as_many_trials_may_wait_as_the_nodes_run_at_once(monkeypatch):
     monkeypatch.setenv("TUNE_MAX_PENDING_TRIALS_PG", "3")
     with pending_trials(46):
         assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "3"
+
+
+# A driver on a one-node Ray of one CPU, so trials run one after another; "fresh" gives every trial a new process.
+RUNS_TRIALS_IN_ONE_CPU = """
+import sys
+import ray
+from detfuse.stages import tune as tune_job
+from detfuse.stages.experiment import load_experiment
+
+if sys.argv[2] == "fresh":
+    tune_job.reuses_trial_processes = lambda experiment: False
+ray.init(num_cpus=1)
+sys.exit(tune_job.tune_experiment(load_experiment(sys.argv[1])))
+"""
+
+
+def test_trials_run_one_after_another_in_one_process_as_they_would_in_fresh_ones(small_dataset, tmp_path):
+    """Tune runs each trial in the process of the one before (no imports or CUDA start-up again), and a trial
+    learns exactly what it learns in a process of its own: nothing of an earlier trial, of either family, carries
+    over. A DDP search never reuses processes (its stopped workers would outlive the trial)."""
+    yolo = {"architecture": "yolov5n", "budget": {"max_epochs": 1, "grace_epochs": 1},
+            "fixed": {"hparams": {"image_size": 64, "batch_size": 8}}, "space": {"lr": {"loguniform": [1e-3, 1e-2]}}}
+    detectron2 = {**LEARNS, "budget": {"max_epochs": 1, "grace_epochs": 1}}
+    (tmp_path / "yolo.yaml").write_text(yaml.safe_dump(yolo))
+    (tmp_path / "detectron2.yaml").write_text(yaml.safe_dump(detectron2))
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "TUNE_MAX_PENDING_TRIALS_PG")}
+    trials = {}
+    for mode in ("reused", "fresh"):
+        config = {"name": mode, "dataset": str(small_dataset), "storage": str(tmp_path / "storage"),
+                  "spaces": [{"space": "yolo.yaml", "num_samples": 2}, {"space": "detectron2.yaml", "num_samples": 1}]}
+        (tmp_path / f"{mode}.yaml").write_text(yaml.safe_dump(config))
+        done = subprocess.run([sys.executable, "-c", RUNS_TRIALS_IN_ONE_CPU, str(tmp_path / f"{mode}.yaml"), mode],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        rows = {}
+        for trial in trial_dirs(tmp_path / "storage" / mode):
+            results = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+            learnt = [{key: value for key, value in r.items() if key.startswith("mAP") or "loss" in key}
+                      for r in results]
+            assert all(any("loss" in key for key in row) for row in learnt), learnt
+            rows[results[0]["config"]["seed"]] = (results[0]["pid"], learnt)
+        trials[mode] = rows
+    assert len(trials["reused"]) == 3
+    assert len({pid for pid, _ in trials["reused"].values()}) == 1, trials["reused"]
+    assert len({pid for pid, _ in trials["fresh"].values()}) == 3, trials["fresh"]
+    # training losses and scores to the last bit, for the trials run second and third in one process too
+    assert {seed: learnt for seed, (_, learnt) in trials["reused"].items()} == \
+        {seed: learnt for seed, (_, learnt) in trials["fresh"].items()}
+
+    ddp = load_experiment(ROOT / "configs" / "demo.yaml", ["spaces.0.resources={cpu: 2, gpu: 2}"])
+    assert not reuses_trial_processes(ddp)
+    assert reuses_trial_processes(load_experiment(ROOT / "configs" / "demo.yaml"))

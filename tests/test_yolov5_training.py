@@ -1,14 +1,18 @@
 """YOLOv5 trials on the CPU, as `detfuse train` runs them: learning, a checkpoint per epoch, exact resume, a
 checkpoint's predictor scoring what the trial reported, and initial weights."""
 
+import gc
 import json
 import shutil
+import sys
+import threading
 
 import pytest
 import torch
 from yolov5_trials import trial_config, yolo_cache  # noqa: F401  (fixture)
 from local_runs import train_reporting_to
 
+import trainables
 from detfuse.core import trial_link
 from detfuse.core.data import load_dataset
 from detfuse.core.evaluation import Prediction, evaluate
@@ -100,3 +104,38 @@ def test_training_starts_from_given_weights(straight_run, tmp_path):
     backbone = "model.0.conv.weight"
     assert torch.equal(model.state_dict()[backbone], other.state_dict()[backbone])
     assert not torch.equal(model.state_dict()[backbone], trained[backbone])
+
+
+class StopsAtFirstReport(trial_link.LocalRun):
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        sys.exit(0)  # how Tune ends the thread of a trial it stopped, blocked in report()
+
+
+def run_until_stopped(config):
+    try:
+        trainables.run_trial(config)
+    except SystemExit:
+        pass  # Tune's runner thread ends quietly on SystemExit(0)
+
+
+def test_a_stopped_trial_leaves_no_model_for_the_next_trial_in_its_process(yolo_cache, tmp_path):  # noqa: F811
+    """Tune may start the next trial in the process of one it stopped (detfuse.stages.tune.reuses_trial_processes):
+    by the time that trial starts, the stopped trial's model and optimizer no longer hold memory, though its
+    trainer sits in reference cycles."""
+    def live_models():  # modules holding parameters (not e.g. the activations Ultralytics creates at import)
+        return {id(thing) for thing in gc.get_objects()
+                if isinstance(thing, torch.nn.Module) and next(thing.parameters(), None) is not None}
+
+    before = live_models()
+    trial_link.use_local_run(StopsAtFirstReport(tmp_path))
+    try:
+        trial = threading.Thread(target=run_until_stopped, args=(trial_config(3, image_size=64),))
+        trial.start()
+        trial.join(timeout=300)
+    finally:
+        trial_link.use_local_run(None)
+    assert not trial.is_alive()
+    assert len(trial_link.LocalRun(tmp_path).checkpoints()) == 1  # it ran and was stopped at its first report
+    trainables.release_ended_trials()  # what the next trial in this process does first
+    assert not live_models() - before

@@ -12,7 +12,9 @@ family package loads only its adapters; `train` and `load_predictor` pull in its
 ultralytics) on first call.
 """
 
+import gc
 import importlib
+import sys
 
 from detfuse.core.errors import UserError
 
@@ -40,7 +42,19 @@ def family_of(architecture, where="config"):
 
 def run_trial(config):
     """The one Tune trainable for every family: dispatch to the family named in the trial config."""
+    release_ended_trials()
     return load_family(config["family"]).train(config)
+
+
+def release_ended_trials():
+    """Free what trials that ran earlier in this process still hold. Tune may run trials one after another in one
+    process (detfuse.stages.tune.reuses_trial_processes), and a stopped trial's trainer sits in reference cycles
+    with its model, optimizer and data loaders until the garbage collector finds it: on a shared GPU, memory the
+    next trial or another process needs."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def weights_forms():
