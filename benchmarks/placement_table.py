@@ -57,12 +57,14 @@ def main(out):
         if len(row) >= 5 and row[1].strip() in uuids:
             gpus_of, _ = used.setdefault(int(row[2]), (set(), row[4].strip()))
             gpus_of.add(uuids[row[1].strip()])
-    trial_of = {pid: (name, architecture) for name, (_, _, pid, architecture) in spans.items()}
+    trials_of = {}  # pid -> its trials, in order: Tune may run several in one process, one after another
+    for name, (_, _, pid, _) in sorted(spans.items(), key=lambda item: item[1][0]):
+        trials_of.setdefault(pid, []).append(name)
     print("\n| process | what it is | GPUs it used |\n|---|---|---|")
     for pid, (gpus_of, command) in sorted(used.items()):
-        name, architecture = trial_of.get(pid, (None, None))
-        what = (f"trial {name}" if name else "Ray Train DDP worker" if "RayTrainWorker" in command
-                else command or "unknown")
+        names = trials_of.get(pid)
+        what = ((f"trial {names[0]}" if len(names) == 1 else f"trials {', '.join(names)}") if names
+                else "Ray Train DDP worker" if "RayTrainWorker" in command else command or "unknown")
         print(f"| {pid} | {what} | {', '.join(map(str, sorted(gpus_of)))} |")
     stray = [pid for pid, (gpus_of, _) in used.items() if len(gpus_of) > 1]
     print(f"\nprocesses on more than one GPU: {len(stray)} (each asked for one GPU or a fraction of one)")
