@@ -17,7 +17,7 @@ set -euo pipefail
 D2_TRIALS=${D2_TRIALS:-2} YOLO_TRIALS=${YOLO_TRIALS:-8}
 source "$(dirname "$0")/common.sh"
 gpus=$(nvidia-smi -L | wc -l)
-if [[ -n ${D2_GPU:-} ]]; then d2_gpu=$D2_GPU d2_cpu=$(( $(nproc) / 4 )); else d2_gpu=$gpus d2_cpu=$(( $(nproc) / 2 )); fi
+if [[ -n ${D2_GPU:-} ]]; then d2_gpu=$D2_GPU d2_cpu=$(( $(nproc) > 7 ? $(nproc) / 4 : 1 )); else d2_gpu=$gpus d2_cpu=$(( $(nproc) > 3 ? $(nproc) / 2 : 1 )); fi
 nvidia-smi --query-gpu=index,uuid,name --format=csv,noheader > "$OUT/gpus.csv"
 cat > "$OUT/experiment.yaml" <<YAML
 name: placement

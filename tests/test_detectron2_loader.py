@@ -5,11 +5,12 @@ import itertools
 
 import pytest
 import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2_trials import tiny_dataset  # noqa: F401  (fixture)
 
 from detfuse.core.data import load_dataset
 from trainables.detectron2.dataset_dicts import detectron2_dicts
-from trainables.detectron2 import ARCHITECTURES
+from trainables.detectron2 import ARCHITECTURES, loader
 from trainables.detectron2.trainer import Trainer
 
 
@@ -62,3 +63,15 @@ def test_seed_changes_the_stream(stream_parts):
     other.SEED = cfg.SEED + 1
     first, second = batches(cfg, dicts, 2, workers=0), batches(other, dicts, 2, workers=0)
     assert [x["image_id"] for x in first[0][0]] != [x["image_id"] for x in second[0][0]]
+
+
+def test_the_catalog_reads_a_split_again_instead_of_holding_a_trials_records(tiny_dataset):  # noqa: F811
+    """detectron2 tools may ask DatasetCatalog for a split by name; the catalog must answer with the records, but
+    not keep a trial's records alive in a process that later trials reuse."""
+    dataset = load_dataset(tiny_dataset)
+    records = detectron2_dicts(dataset, "val")
+    name = loader.register_split(tiny_dataset, dataset, "val")
+    assert loader.register_split(tiny_dataset, dataset, "val") == name  # registered once per process
+    assert DatasetCatalog.get(name) == records
+    assert MetadataCatalog.get(name).thing_classes == list(dataset.class_names)
+    assert DatasetCatalog.get(name) is not DatasetCatalog.get(name)  # read on request, not held

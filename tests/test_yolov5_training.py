@@ -3,6 +3,7 @@ checkpoint's predictor scoring what the trial reported, and initial weights."""
 
 import gc
 import json
+import os
 import shutil
 import sys
 import threading
@@ -121,23 +122,35 @@ def run_until_stopped(config):
         pass  # Tune's runner thread ends quietly on SystemExit(0)
 
 
-def test_a_stopped_trial_leaves_no_model_for_the_next_trial_in_its_process(yolo_cache, tmp_path):  # noqa: F811
+def test_a_stopped_trial_leaves_nothing_behind_for_the_next_trial_in_its_process(
+        yolo_cache, tmp_path, monkeypatch):  # noqa: F811
     """Tune may start the next trial in the process of one it stopped (detfuse.stages.tune.reuses_trial_processes):
     by the time that trial starts, the stopped trial's model and optimizer no longer hold memory, though its
-    trainer sits in reference cycles."""
-    def live_models():  # modules holding parameters (not e.g. the activations Ultralytics creates at import)
+    trainer sits in reference cycles, and torch uses the trial's CPUs again, though Ultralytics set its own thread
+    count for the whole process."""
+    def live_training_state():  # not e.g. the parameter-free activations Ultralytics creates at import
         return {id(thing) for thing in gc.get_objects()
-                if isinstance(thing, torch.nn.Module) and next(thing.parameters(), None) is not None}
+                if issubclass(type(thing), torch.optim.Optimizer)
+                or (issubclass(type(thing), torch.nn.Module) and next(thing.parameters(), None) is not None)}
 
-    before = live_models()
+    def next_trial(config):  # what the next trial finds when its family's train() starts
+        seen.update(left=live_training_state() - before, threads=torch.get_num_threads())
+
+    seen, before, threads = {}, live_training_state(), torch.get_num_threads()
+    trial_cpus = os.cpu_count() + 1  # never Ultralytics' choice, min(8, cpu_count - 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(trial_cpus))  # as Ray sets it for a trial
     trial_link.use_local_run(StopsAtFirstReport(tmp_path))
     try:
         trial = threading.Thread(target=run_until_stopped, args=(trial_config(3, image_size=64),))
         trial.start()
         trial.join(timeout=300)
+        assert not trial.is_alive()
+        assert len(trial_link.LocalRun(tmp_path).checkpoints()) == 1  # it ran and was stopped at its first report
+        assert torch.get_num_threads() != trial_cpus  # Ultralytics' setting outlives the trial
+        monkeypatch.setattr(trainables.load_family("yolov5"), "train", next_trial)
+        trainables.run_trial(trial_config(3, image_size=64))
     finally:
         trial_link.use_local_run(None)
-    assert not trial.is_alive()
-    assert len(trial_link.LocalRun(tmp_path).checkpoints()) == 1  # it ran and was stopped at its first report
-    trainables.release_ended_trials()  # what the next trial in this process does first
-    assert not live_models() - before
+        torch.set_num_threads(threads)
+    assert not seen["left"]
+    assert seen["threads"] == trial_cpus

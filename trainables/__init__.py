@@ -14,6 +14,7 @@ ultralytics) on first call.
 
 import gc
 import importlib
+import os
 import sys
 
 from detfuse.core.errors import UserError
@@ -42,19 +43,32 @@ def family_of(architecture, where="config"):
 
 def run_trial(config):
     """The one Tune trainable for every family: dispatch to the family named in the trial config."""
-    release_ended_trials()
+    reset_trial_process()
     return load_family(config["family"]).train(config)
 
 
-def release_ended_trials():
-    """Free what trials that ran earlier in this process still hold. Tune may run trials one after another in one
-    process (detfuse.stages.tune.reuses_trial_processes), and a stopped trial's trainer sits in reference cycles
-    with its model, optimizer and data loaders until the garbage collector finds it: on a shared GPU, memory the
-    next trial or another process needs."""
+def reset_trial_process():
+    """Undo what trials that ran earlier in this process left behind. Tune may run trials one after another in
+    one process (detfuse.stages.tune.reuses_trial_processes), and a trial must train as it would in a fresh one:
+
+    - A stopped trial's trainer sits in reference cycles with its model, optimizer, data loaders (a stopped
+      YOLO trial never closes its loader's workers) and CUDA tensors until the garbage collector finds it:
+      memory, on a shared GPU, that the next trial or another process needs.
+    - Ultralytics sets torch's thread count for the whole process when a YOLO trial trains on CPU; Ray sets
+      OMP_NUM_THREADS to the trial's CPUs, which a fresh process's torch would use.
+    - Tune waits only 2 s (TUNE_FUNCTION_THREAD_TIMEOUT_S, read in this process) for a stopped trial to unwind
+      before reusing its process, and fails the next trial if it takes longer; closing loaders and writers
+      can.
+    """
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     gc.collect()
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
+    if torch is None:
+        return
+    if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def weights_forms():

@@ -8,6 +8,7 @@ stream position). What a batch contains and how it is augmented depend only on t
 whichever process maps it, and the state of the last batch trained on is all a checkpoint needs.
 """
 
+import functools
 import itertools
 
 import numpy as np
@@ -17,16 +18,25 @@ from detectron2.data.common import DatasetFromList
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.utils import comm
 
+from detfuse.core.data import load_dataset
+from trainables.detectron2.dataset_dicts import detectron2_dicts
 
-def register_split(dataset, split_name, dicts):
-    """Register a split in detectron2's catalogs (once per process) and return its name there."""
+
+def register_split(dataset_spec, dataset, split_name):
+    """Register a split in detectron2's catalogs (once per process) and return its name there. The catalog's
+    loader reads the split again when asked: holding this trial's records would keep them alive for the life of
+    a process later trials reuse (detfuse hands its trainer the records directly)."""
     name = f"detfuse_{dataset.fingerprint[:16]}_{split_name}"
     if name not in DatasetCatalog.list():
-        DatasetCatalog.register(name, lambda: dicts)
+        DatasetCatalog.register(name, functools.partial(_read_split, str(dataset_spec), dataset.policy, split_name))
         MetadataCatalog.get(name).set(thing_classes=list(dataset.class_names),
                                       thing_dataset_id_to_contiguous_id={c: k for k, c in
                                                                          enumerate(dataset.category_ids)})
     return name
+
+
+def _read_split(dataset_spec, policy, split_name):
+    return detectron2_dicts(load_dataset(dataset_spec, policy), split_name)
 
 
 def build_sampler(cfg, dicts):

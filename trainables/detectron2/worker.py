@@ -31,8 +31,8 @@ def run_worker(config, checkpoint_dir, report, device, progress=False, trial="th
     val_dicts = detectron2_dicts(dataset, "val")
     cfg.defrost()
     cfg.MODEL.DEVICE = str(device)
-    cfg.DATASETS.TRAIN = (loader.register_split(dataset, "train", train_dicts),)
-    cfg.DATASETS.TEST = (loader.register_split(dataset, "val", val_dicts),)
+    cfg.DATASETS.TRAIN = (loader.register_split(config["dataset"], dataset, "train"),)
+    cfg.DATASETS.TEST = (loader.register_split(config["dataset"], dataset, "val"),)
     cfg.DATALOADER.NUM_WORKERS = data_workers(config, device)
     cfg.freeze()
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
