@@ -84,7 +84,7 @@ def rule_violations(path):
     """Every way the cluster config at `path` breaks the project's rules (empty when it keeps them all)."""
     text = path.read_text()
     config = yaml.safe_load(text)
-    problems = _setup_problems(config) + _dashboard_problems(config)
+    problems = _setup_problems(config) + _dashboard_problems(config) + _gpu_sharing_problems(config)
     if AWS_KEYS.search(text) or "aws_credentials" in config.get("provider", {}):
         problems.append("AWS keys in the file: nodes must get S3 access from an instance profile or their ~/.aws")
     if config["provider"]["type"] == "aws":
@@ -115,6 +115,20 @@ def _setup_problems(config):
     for remote, local in mounts.items():
         if not (ROOT / local).exists():
             problems.append(f"file_mounts: {remote} comes from {local}, which is not in the repository")
+    return problems
+
+
+def _gpu_sharing_problems(config):
+    """Trials sharing a GPU run through MPS only when `ray start` inherits what tools/gpu_sharing.sh exports: it
+    must be sourced in the same command, before it, on every node that may have a GPU (AWS heads are CPU-only)."""
+    problems = []
+    keys = ["worker_start_ray_commands"] + ([] if config["provider"]["type"] == "aws" else ["head_start_ray_commands"])
+    for key in keys:
+        starts = [c for c in config.get(key) or [] if "ray start" in c]
+        if not all(re.search(rf"source {re.escape(REMOTE_PROJECT)}/tools/gpu_sharing\.sh;.*ray start", c, re.S)
+                   for c in starts):
+            problems.append(f"{key}: source {REMOTE_PROJECT}/tools/gpu_sharing.sh before `ray start`, in the same "
+                            "command, so that trials sharing a GPU run through MPS")
     return problems
 
 
@@ -285,6 +299,9 @@ AWS_BREAKS = {
                                  "gpu-4x: its own worker_setup_commands"),
     "no autoscaling limit": (lambda c: _node("gpu-4x")(c).pop("max_workers"), "gpu-4x: min_workers and max_workers"),
     "no cluster limit": (lambda c: c.pop("max_workers"), "gpu-1x: max_workers exceeds the cluster's max_workers"),
+    "no MPS on workers": (lambda c: c.update(worker_start_ray_commands=[
+        "ray stop", "source ~/detfuse/tools/gpu_sharing.sh", "ray start --address=$RAY_HEAD_IP:6379"]),
+        "worker_start_ray_commands: source ~/detfuse/tools/gpu_sharing.sh"),
 }
 
 
@@ -304,6 +321,9 @@ ONPREM_BREAKS = {
         "bind the dashboard to 127.0.0.1"),
     "AWS key in setup": (lambda c: c["setup_commands"].append("echo aws_secret_access_key=x >> ~/.aws/credentials"),
                          "AWS keys in the file"),
+    "no MPS on the head": (lambda c: c.update(head_start_ray_commands=[
+        "ray stop", "ray start --head --autoscaling-config=~/ray_bootstrap_config.yaml --dashboard-host=127.0.0.1"]),
+        "head_start_ray_commands: source ~/detfuse/tools/gpu_sharing.sh"),
 }
 
 
