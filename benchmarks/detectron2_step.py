@@ -8,7 +8,8 @@ The model is benchmarks/tune_overhead.sh's Faster R-CNN: R50-FPN with GN from sc
 AdamW. A step on one batch that keeps the GPU half busy is bound by the CPU launching its kernels; a stream
 slower than the steps is bound by loading. Variants: cuDNN's autotuner (torch.backends.cudnn.benchmark, off in
 detectron2 and torch by default), batch 32, BN instead of GN; and several such trials sharing the GPU, each in its
-own process, as trials at `gpu: 0.5` do. Prints a Markdown table.
+own process, as trials at `gpu: 0.5` do (their images/s summed, each over its own iterations after a common
+start). Prints a Markdown table.
 """
 
 import argparse

@@ -1,8 +1,9 @@
 """tools/gpu_sharing.sh, sourced before `ray start` on every node: trials sharing a node's GPU run through MPS.
 
-The first test runs everywhere: a node without NVIDIA's tools is left as it is and `ray start` still follows. The
-second needs a machine with one NVIDIA GPU and MPS (run on purpose there:
-`pytest --noconftest tests/test_gpu_sharing.py`) and is skipped elsewhere.
+Off a GPU machine the script's choices are checked with stand-ins for nvidia-smi and nvidia-cuda-mps-control that
+record how they were called. The last test needs one NVIDIA GPU with MPS and starts and stops a Ray head and an
+MPS daemon of its own, so it runs only on purpose:
+`DETFUSE_TEST_MPS=1 pytest --noconftest tests/test_gpu_sharing.py`.
 """
 
 import json
@@ -16,33 +17,82 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "gpu_sharing.sh"
-PIPE = "/tmp/detfuse-mps/pipe"  # the script's default
+PIPE = f"/tmp/detfuse-mps-{os.getuid()}/pipe"  # the script's own pipe directory
 RAY = f"{sys.executable} -m ray.scripts.scripts"
 
 
 def sourced_then(command, env):
-    """Run `command` in bash after sourcing the script with `set -e` on, as a start command would."""
-    return subprocess.run([shutil.which("bash"), "-c", f"set -euo pipefail; source {SCRIPT}; {command}"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    """Source the script in bash, then run `command`; with `set -euo pipefail`, so that nothing in the script
+    can stop the command after it even in a strict shell."""
+    return subprocess.run([shutil.which("bash"), "-c", f"set -euo pipefail; source {SCRIPT}; {command}"],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def node_tools(tmp_path, gpus=None, daemon="absent"):
+    """A PATH holding what the script uses; with `gpus`, stand-ins for NVIDIA's tools that log their calls:
+    nvidia-smi lists `gpus` GPUs, and the MPS control client finds no daemon and then starts one (`daemon`
+    "absent"), fails to start one ("fails"), or finds one running ("running")."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("bash", "env", "grep", "mkdir", "id", "cat"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    if gpus is not None:
+        log = tmp_path / "calls"
+        gpu_lines = "".join(f"GPU {i}: NVIDIA H200 (UUID: GPU-{i})\\n" for i in range(gpus))
+        (tools / "nvidia-smi").write_text(f"#!{shutil.which('bash')}\nprintf '{gpu_lines}'\n")
+        answers = {"absent": "exit 1", "fails": "exit 1", "running": "exit 0"}[daemon]
+        starts = "exit 1" if daemon == "fails" else "exit 0"
+        (tools / "nvidia-cuda-mps-control").write_text(
+            f"#!{shutil.which('bash')}\necho \"$* pipe=${{CUDA_MPS_PIPE_DIRECTORY:-default}}\" >> {log}\n"
+            f"if [[ $1 == -d ]]; then {starts}; fi\ncat > /dev/null\n{answers}\n")
+        for tool in ("nvidia-smi", "nvidia-cuda-mps-control"):
+            (tools / tool).chmod(0o755)
+    return {"PATH": str(tools), "HOME": str(tmp_path)}
+
+
+def exported_after(tmp_path, env):
+    """(what the script printed, the CUDA_MPS_* variables and detfuse_* leftovers the next command sees, the
+    calls to the MPS control client)."""
+    done = sourced_then("compgen -v detfuse_ || true; env | grep ^CUDA_MPS_ || true; echo next-command-ran", env)
+    assert done.returncode == 0 and done.stdout.endswith("next-command-ran\n"), done
+    seen = sorted(line for line in done.stdout.splitlines()[:-1] if not line.startswith("detfuse: "))
+    log = tmp_path / "calls"
+    calls = [call.strip() for call in log.read_text().splitlines()] if log.exists() else []
+    return done.stdout + done.stderr, seen, calls
 
 
 def test_a_node_without_nvidia_tools_is_left_as_it_is(tmp_path):
-    tools = tmp_path / "bin"  # what the script and this command use; no nvidia-smi, no nvidia-cuda-mps-control
-    tools.mkdir()
-    for tool in ("bash", "env", "grep", "mkdir"):
-        (tools / tool).symlink_to(shutil.which(tool))
-    env = {"PATH": str(tools), "HOME": str(tmp_path)}
-    done = sourced_then("env; echo next-command-ran", env)
-    assert done.returncode == 0, done.stderr
-    assert "next-command-ran" in done.stdout
-    assert "CUDA_MPS" not in done.stdout and "detfuse_" not in done.stdout  # nothing exported, nothing left over
+    _, seen, calls = exported_after(tmp_path, node_tools(tmp_path))
+    assert seen == [] and calls == []
 
 
-def one_gpu_with_mps():
-    if not (shutil.which("nvidia-smi") and shutil.which("nvidia-cuda-mps-control")):
-        return False
-    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
-    return listed.count("GPU ") == 1
+def test_a_node_with_one_gpu_starts_its_own_daemon_and_hands_its_pipe_to_ray(tmp_path):
+    said, seen, calls = exported_after(tmp_path, node_tools(tmp_path, gpus=1))
+    assert seen == [f"CUDA_MPS_LOG_DIRECTORY={PIPE[:-4]}log", f"CUDA_MPS_PIPE_DIRECTORY={PIPE}"]
+    assert calls == ["pipe=default", f"pipe={PIPE}", f"-d pipe={PIPE}"]  # none on either pipe: start one
+    assert "run through MPS" in said
+
+
+@pytest.mark.parametrize("gpus, setting, starts", [(2, None, False), (2, "1", True), (1, "0", False),
+                                                   (1, "off", False)])
+def test_detfuse_mps_chooses_the_nodes(tmp_path, gpus, setting, starts):
+    env = node_tools(tmp_path, gpus=gpus)
+    if setting is not None:
+        env["DETFUSE_MPS"] = setting
+    said, seen, calls = exported_after(tmp_path, env)
+    assert bool(seen) == starts and (f"-d pipe={PIPE}" in calls) == starts
+    if setting == "off":
+        assert "DETFUSE_MPS must be 0, 1 or auto, got 'off'" in said
+
+
+def test_a_running_daemon_is_used_and_a_failed_start_leaves_the_gpu_shared_without_mps(tmp_path):
+    running, failing = tmp_path / "running", tmp_path / "failing"
+    running.mkdir(), failing.mkdir()
+    _, seen, calls = exported_after(running, {**node_tools(running, gpus=1, daemon="running"),
+                                              "CUDA_MPS_PIPE_DIRECTORY": "/run/admin-mps"})
+    assert seen == ["CUDA_MPS_PIPE_DIRECTORY=/run/admin-mps"] and calls == ["pipe=/run/admin-mps"]
+    said, seen, calls = exported_after(failing, node_tools(failing, gpus=1, daemon="fails"))
+    assert seen == [] and calls[-1] == f"-d pipe={PIPE}" and "could not start MPS" in said
 
 
 RAY_TRIAL = """
@@ -61,7 +111,8 @@ print(json.dumps({"pids": pids, "clients": sorted(clients)}))
 """ % PIPE
 
 
-@pytest.mark.skipif(not one_gpu_with_mps(), reason="needs one NVIDIA GPU and nvidia-cuda-mps-control")
+@pytest.mark.skipif(os.environ.get("DETFUSE_TEST_MPS") != "1",
+                    reason="on purpose only, on a machine with one NVIDIA GPU and MPS: DETFUSE_TEST_MPS=1")
 def test_ray_trials_sharing_the_gpu_run_as_mps_clients():
     """The daemon's pipe directory reaches the processes Ray starts: not being told it, they would run without
     MPS."""
@@ -76,9 +127,9 @@ def test_ray_trials_sharing_the_gpu_run_as_mps_clients():
         assert ran.returncode == 0, ran.stderr
         found = json.loads(ran.stdout.strip().splitlines()[-1])
         assert found["pids"] and set(map(str, found["pids"])) <= set(found["clients"]), found
-        # sourcing it again (a second `ray up`) finds the running daemon instead of failing
+        # sourcing it again (a second `ray up`) finds the daemon it started and hands on the same pipe
         again = sourced_then("echo next-command-ran", env)
-        assert again.returncode == 0 and "next-command-ran" in again.stdout, again.stderr
+        assert again.returncode == 0 and f"run through MPS (pipe {PIPE})" in again.stdout, again
     finally:
         subprocess.run(f"{RAY} stop --force", shell=True, env=env, capture_output=True, timeout=120)
         subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", env={**env, "CUDA_MPS_PIPE_DIRECTORY": PIPE},

@@ -139,6 +139,7 @@ def test_a_stopped_trial_leaves_nothing_behind_for_the_next_trial_in_its_process
     seen, before, threads = {}, live_training_state(), torch.get_num_threads()
     trial_cpus = os.cpu_count() + 1  # never Ultralytics' choice, min(8, cpu_count - 1)
     monkeypatch.setenv("OMP_NUM_THREADS", str(trial_cpus))  # as Ray sets it for a trial
+    monkeypatch.delenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", raising=False)  # restored afterwards
     trial_link.use_local_run(StopsAtFirstReport(tmp_path))
     try:
         trial = threading.Thread(target=run_until_stopped, args=(trial_config(3, image_size=64),))
@@ -154,3 +155,4 @@ def test_a_stopped_trial_leaves_nothing_behind_for_the_next_trial_in_its_process
         torch.set_num_threads(threads)
     assert not seen["left"]
     assert seen["threads"] == trial_cpus
+    assert os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] == "30"  # Tune waits that long for a stopped trial to unwind

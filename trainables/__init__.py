@@ -54,11 +54,12 @@ def reset_trial_process():
     - A stopped trial's trainer sits in reference cycles with its model, optimizer, data loaders (a stopped
       YOLO trial never closes its loader's workers) and CUDA tensors until the garbage collector finds it:
       memory, on a shared GPU, that the next trial or another process needs.
-    - Ultralytics sets torch's thread count for the whole process when a YOLO trial trains on CPU; Ray sets
-      OMP_NUM_THREADS to the trial's CPUs, which a fresh process's torch would use.
-    - Tune waits only 2 s (TUNE_FUNCTION_THREAD_TIMEOUT_S, read in this process) for a stopped trial to unwind
-      before reusing its process, and fails the next trial if it takes longer; closing loaders and writers
-      can.
+    - Ultralytics sets torch's thread count for the whole process when a YOLO trial trains on CPU; a fresh
+      process's torch takes it from OMP_NUM_THREADS (which Ray sets to the trial's CPUs unless the node's
+      environment already has it).
+    - Tune waits only 2 s (TUNE_FUNCTION_THREAD_TIMEOUT_S, read in this process when it hands the process to the
+      next trial) for a stopped trial to unwind, and fails the next trial if it takes longer; closing loaders and
+      writers can. Set here, it is in place before the first hand-over.
     """
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     gc.collect()
@@ -67,8 +68,9 @@ def reset_trial_process():
         return
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
 
 
 def weights_forms():

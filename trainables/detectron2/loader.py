@@ -26,7 +26,7 @@ def register_split(dataset_spec, dataset, split_name):
     """Register a split in detectron2's catalogs (once per process) and return its name there. The catalog's
     loader reads the split again when asked: holding this trial's records would keep them alive for the life of
     a process later trials reuse (detfuse hands its trainer the records directly)."""
-    name = f"detfuse_{dataset.fingerprint[:16]}_{split_name}"
+    name = f"detfuse_{dataset.fingerprint[:16]}_{dataset.policy}_{split_name}"  # the policy repairs differently
     if name not in DatasetCatalog.list():
         DatasetCatalog.register(name, functools.partial(_read_split, str(dataset_spec), dataset.policy, split_name))
         MetadataCatalog.get(name).set(thing_classes=list(dataset.class_names),
