@@ -206,10 +206,24 @@ def wandb_callbacks(experiment):
         from ray.air.integrations.wandb import WandbLoggerCallback
     except ImportError:
         raise UserError("wandb is enabled but not installed: pip install 'detfuse[wandb]' on the head node") from None
+    from ray.air.integrations.wandb import _WandbLoggingActor
+
+    class FlushingLoggingActor(_WandbLoggingActor):
+        """Ray kills a trial's W&B logging actor as soon as its run() returns, and W&B's service, a child process,
+        may not have written the run's records yet: a trial's run was seen without its history. Waiting for the
+        service to end (wandb.teardown) writes everything first."""
+
+        def run(self):
+            super().run()
+            self._wandb.teardown()
+
+    class WandbCallback(WandbLoggerCallback):
+        _logger_actor_cls = FlushingLoggingActor
+
     settings = experiment.wandb
-    return [WandbLoggerCallback(project=settings["project"], entity=settings["entity"],
-                                group=settings["group"] or experiment.name, mode=settings["mode"],
-                                dir=settings["dir"], excludes=["hparams"], log_config=True)]
+    return [WandbCallback(project=settings["project"], entity=settings["entity"],
+                          group=settings["group"] or experiment.name, mode=settings["mode"],
+                          dir=settings["dir"], excludes=["hparams"], log_config=True)]
 
 
 def print_dashboard(url):
