@@ -203,10 +203,9 @@ def wandb_callbacks(experiment):
     if experiment.wandb is None:
         return []
     try:
-        from ray.air.integrations.wandb import WandbLoggerCallback
+        from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
     except ImportError:
         raise UserError("wandb is enabled but not installed: pip install 'detfuse[wandb]' on the head node") from None
-    from ray.air.integrations.wandb import _WandbLoggingActor
 
     class FlushingLoggingActor(_WandbLoggingActor):
         """Ray kills a trial's W&B logging actor as soon as its run() returns, and W&B's service, a child process,
